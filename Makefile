@@ -1,0 +1,36 @@
+# make demo: set up and train the demo. make test: set up and run the suite.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DATA := /usr/share/datasets/fashion-mnist
+STAMP := $(VENV)/.setup-stamp
+
+.PHONY: setup data demo test bench clean
+
+setup: $(STAMP) data
+
+$(STAMP): setup.py
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	$(PY) -m pip install -q torch triton numpy tqdm matplotlib onnx onnxruntime onnxscript pytest pytest-benchmark
+	$(PY) -m pip install -q --no-build-isolation -e .
+	touch $(STAMP)
+
+data:
+	@if [ ! -d $(DATA) ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (apt-get install -y -q dataset-fashion-mnist || (apt-get update -q && apt-get install -y -q dataset-fashion-mnist)); \
+	  else \
+	    echo "Fashion-MNIST is missing at $(DATA). Install the Debian package dataset-fashion-mnist as root," \
+	         "or download the four IDX .gz files and pass --data-dir DIR to adjoined-train."; \
+	  fi; \
+	fi
+
+demo: setup
+	$(VENV)/bin/adjoined-train --out runs/demo
+
+test: setup
+	$(PY) -m pytest -q tests
+
+clean:
+	rm -rf runs build *.egg-info

@@ -1,0 +1,20 @@
+"""adjoined-kernels: fused kernels, modules, models and a trainer for Adjoined Networks (seeds/000).
+
+Public API (DESIGN §2): adjoined_conv2d, adjoined_loss, AdjoinedLoss, FusedAdjoinedConv2d,
+models.adjoined_resnet18/34/50/101, export_small, available_backends, lambda_schedule.
+"""
+from . import models
+from ._backend import available_backends
+from .export import export_small
+from .nn import AdjoinedBatchNorm2d, AdjoinedLoss, FusedAdjoinedConv2d
+from .ops.adjoined_conv2d import adjoined_conv2d, adjoined_conv2d_ref
+from .ops.adjoined_loss import adjoined_loss, adjoined_loss_ref
+from .schedules import SCHEDULES, lambda_schedule
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "adjoined_conv2d", "adjoined_conv2d_ref", "adjoined_loss", "adjoined_loss_ref", "AdjoinedLoss",
+    "FusedAdjoinedConv2d", "AdjoinedBatchNorm2d", "models", "export_small", "available_backends",
+    "lambda_schedule", "SCHEDULES",
+]

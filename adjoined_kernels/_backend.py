@@ -1,0 +1,85 @@
+"""Backend discovery and dispatch (DESIGN §2).
+
+Backends: "reference" (PyTorch ops, any device), "triton" (CUDA tensors, or CPU tensors when
+TRITON_INTERPRET=1 was set before import), "cuda" (the compiled extension adjoined_kernels._C).
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+
+import torch
+
+BACKENDS = ("auto", "reference", "triton", "cuda")
+
+
+def triton_interpreting() -> bool:
+    """True when Triton kernels run in the CPU interpreter (TRITON_INTERPRET=1)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@functools.lru_cache(maxsize=None)
+def _triton_status() -> str | None:
+    """None if triton is usable, else the reason it is not."""
+    try:
+        importlib.import_module("triton")
+    except ImportError as e:  # pragma: no cover - depends on the install
+        return f"triton is not installed ({e}); run `pip install triton`"
+    if not (torch.cuda.is_available() or triton_interpreting()):
+        return ("triton needs a CUDA GPU, or TRITON_INTERPRET=1 set before importing "
+                "adjoined_kernels to run its kernels on CPU tensors")
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_status() -> str | None:
+    """None if the compiled extension loads, else the reason it does not."""
+    try:
+        importlib.import_module("adjoined_kernels._C")
+    except ImportError as e:
+        return (f"the CUDA extension adjoined_kernels._C is not built ({e}); install with "
+                "`pip install --no-build-isolation -e .` on a machine with nvcc and a CUDA build of torch")
+    return None
+
+
+def available_backends() -> list[str]:
+    """Backends usable in this process, e.g. ``["reference", "triton", "cuda"]``.
+
+    "reference" is always present. "triton" needs triton plus a CUDA GPU or TRITON_INTERPRET=1.
+    "cuda" needs the compiled extension ``adjoined_kernels._C``.
+    """
+    out = ["reference"]
+    if _triton_status() is None:
+        out.append("triton")
+    if _cuda_status() is None:
+        out.append("cuda")
+    return out
+
+
+def resolve_backend(backend: str, device: torch.device, supported: tuple[str, ...]) -> str:
+    """Pick the concrete backend for tensors on ``device``.
+
+    ``supported`` lists the non-reference backends the calling op implements.
+    Raises ValueError for an unknown name and RuntimeError for an unavailable backend.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "reference":
+        return backend
+    if backend == "auto":
+        if device.type != "cuda":
+            return "reference"
+        for name in ("cuda", "triton"):
+            if name in supported and name in available_backends():
+                return name
+        return "reference"
+    if backend not in supported:
+        raise RuntimeError(f"backend={backend!r} does not implement this op yet; "
+                           f"use one of {('reference',) + supported}")
+    reason = _triton_status() if backend == "triton" else _cuda_status()
+    if reason is not None:
+        raise RuntimeError(f"backend={backend!r} is unavailable: {reason}")
+    if device.type != "cuda" and not (backend == "triton" and triton_interpreting()):
+        raise RuntimeError(f"backend={backend!r} needs CUDA tensors, got tensors on {device}")
+    return backend

@@ -1,0 +1,52 @@
+"""Build adjoined_kernels, and its CUDA extension adjoined_kernels._C when torch has CUDA and nvcc exists.
+
+Env vars: ADJOINED_SKIP_CUDA_BUILD=1 (never build _C), ADJOINED_CUDA_ARCHS (default "8.0;9.0"),
+MAX_JOBS, NVCC_THREADS. Install with `pip install --no-build-isolation -e .` (isolation pulls another torch).
+"""
+import glob
+import os
+import shutil
+
+from setuptools import find_packages, setup
+
+
+def cuda_extensions():
+    """The _C extension, or [] with a message saying why it is not built."""
+    if os.environ.get("ADJOINED_SKIP_CUDA_BUILD", "0") == "1":
+        print("adjoined_kernels: ADJOINED_SKIP_CUDA_BUILD=1, not building the CUDA extension")
+        return [], {}
+    sources = sorted(glob.glob("csrc/*.cu") + glob.glob("csrc/*.cpp"))
+    if not sources:
+        print("adjoined_kernels: no CUDA sources in csrc/ yet, building no extension")
+        return [], {}
+    try:
+        import torch
+        from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CUDAExtension
+    except ImportError:
+        print("adjoined_kernels: torch is not importable at build time, building no extension")
+        return [], {}
+    if torch.version.cuda is None or CUDA_HOME is None or shutil.which("nvcc", path=os.path.join(CUDA_HOME, "bin")) is None:
+        print("adjoined_kernels: torch has no CUDA or nvcc was not found, building no extension")
+        return [], {}
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", os.environ.get("ADJOINED_CUDA_ARCHS", "8.0;9.0"))
+    nvidia_inc = os.path.join(os.path.dirname(torch.__file__), "..", "nvidia", "cu13", "include")
+    nvcc = ["-O3", "--use_fast_math", "-std=c++17", f"--threads={os.environ.get('NVCC_THREADS', '2')}"]
+    ext = CUDAExtension("adjoined_kernels._C", sources, include_dirs=[os.path.abspath("csrc"), os.path.abspath(nvidia_inc)],
+                        extra_compile_args={"cxx": ["-O3", "-std=c++17"], "nvcc": nvcc})
+    return [ext], {"build_ext": BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)}
+
+
+ext_modules, cmdclass = cuda_extensions()
+
+setup(
+    name="adjoined-kernels",
+    version="0.1.0",
+    description="Fused Triton/CUDA kernels, modules, models and a trainer for Adjoined Networks",
+    packages=find_packages(include=["adjoined_kernels", "adjoined_kernels.*"]),
+    python_requires=">=3.10",
+    install_requires=["torch>=2.11", "triton>=3.6", "numpy", "tqdm", "matplotlib", "onnx", "onnxruntime"],
+    extras_require={"test": ["pytest", "pytest-benchmark", "onnxscript"]},
+    entry_points={"console_scripts": ["adjoined-train=adjoined_kernels.train.cli:main"]},
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
+)
