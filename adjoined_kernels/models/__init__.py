@@ -1,0 +1,8 @@
+"""Adjoined ResNets and the plain networks they export to."""
+from .plain import PlainBlock, PlainResNet
+from .resnet import (AdjoinedBlock, AdjoinedResNet, adjoined_resnet18, adjoined_resnet34, adjoined_resnet50,
+                     adjoined_resnet101)
+from .widths import StageWidths
+
+__all__ = ["AdjoinedResNet", "AdjoinedBlock", "PlainResNet", "PlainBlock", "StageWidths", "adjoined_resnet18",
+           "adjoined_resnet34", "adjoined_resnet50", "adjoined_resnet101"]
