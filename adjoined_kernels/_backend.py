@@ -74,12 +74,12 @@ def resolve_backend(backend: str, device: torch.device, supported: tuple[str, ..
             if name in supported and name in available_backends():
                 return name
         return "reference"
-    if backend not in supported:
-        raise RuntimeError(f"backend={backend!r} does not implement this op yet; "
-                           f"use one of {('reference',) + supported}")
     reason = _triton_status() if backend == "triton" else _cuda_status()
     if reason is not None:
         raise RuntimeError(f"backend={backend!r} is unavailable: {reason}")
+    if backend not in supported:
+        raise RuntimeError(f"backend={backend!r} does not implement this op yet; "
+                           f"use one of {('reference',) + supported}")
     if device.type != "cuda" and not (backend == "triton" and triton_interpreting()):
         raise RuntimeError(f"backend={backend!r} needs CUDA tensors, got tensors on {device}")
     return backend
