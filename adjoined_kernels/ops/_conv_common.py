@@ -1,0 +1,104 @@
+"""Helpers shared by the fused adjoined-convolution passes (conv_fprop / conv_dgrad / conv_wgrad).
+
+Host side: output sizes, layout handling, dot precision, autotune config spaces (pruned to one config
+under the Triton interpreter, DESIGN §4). Device side: small ``@triton.jit`` building blocks (tile
+swizzle, the matmul step with the interpreter's bf16 upcast).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .._backend import triton_interpreting
+
+# Read once at import: TRITON_INTERPRET must be set before the kernels are defined anyway (DESIGN §4).
+INTERPRET = triton_interpreting()
+
+# The interpreter computes bf16 arithmetic on raw bits, so every operand is upcast to fp32 there.
+UPCAST = INTERPRET
+
+
+def conv_out_size(size: int, k: int, stride: int, pad: int, dil: int) -> int:
+    """Output length of a 1-D convolution, as in ``torch.nn.functional.conv2d``."""
+    return (size + 2 * pad - dil * (k - 1) - 1) // stride + 1
+
+
+def channels_last(x: torch.Tensor) -> torch.Tensor:
+    """NHWC-strided view or copy of a 4-D tensor (no copy when it already is)."""
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def is_channels_last(x: torch.Tensor) -> bool:
+    """Whether ``x`` is channels_last-like, following the rule F.conv2d uses to pick its output format.
+
+    A tensor that is contiguous in the NCHW sense counts as NCHW (ties go to NCHW, as in PyTorch).
+    """
+    if x.is_contiguous():
+        return False
+    if x.is_contiguous(memory_format=torch.channels_last):
+        return True
+    return x.stride(1) < x.stride(3)
+
+
+def restore_format(out: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Return the channels_last ``out`` in the memory format of ``like``."""
+    if is_channels_last(like):
+        return out
+    return out.contiguous()
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """Input precision for fp32 ``tl.dot``: TF32 exactly when cuDNN convolutions use it (the torch default)."""
+    if dtype == torch.float32 and not torch.backends.cudnn.allow_tf32:
+        return "ieee"
+    return "tf32"
+
+
+def nhwc_strides(x: torch.Tensor) -> tuple[int, int, int, int]:
+    """Strides of a ``[N, C, H, W]`` tensor in (n, h, w, c) order, the order the kernels take."""
+    sn, sc, sh, sw = x.stride()
+    return sn, sh, sw, sc
+
+
+def configs(space, interp):
+    """The autotune space on a GPU; the single config ``interp`` under the interpreter (DESIGN §4)."""
+    if INTERPRET:
+        return [triton.Config(interp, num_warps=4, num_stages=1)]
+    return [triton.Config(dict(BM=bm, BN=bn, BK=bk, GROUP_M=8), num_warps=w, num_stages=st)
+            for bm, bn, bk, w, st in space]
+
+
+# (BM, BN, BK, warps, stages) for H100/H200 implicit GEMMs with fp32 accumulation.
+GEMM_SPACE = (
+    (128, 128, 64, 8, 3),
+    (128, 64, 64, 4, 4),
+    (64, 128, 64, 4, 4),
+    (128, 128, 32, 8, 4),
+    (64, 64, 64, 4, 4),
+    (64, 64, 32, 4, 3),
+)
+
+# Small tiles keep the interpreter fast while still splitting test shapes into several tiles.
+INTERP_GEMM = dict(BM=32, BN=16, BK=16, GROUP_M=2)
+
+
+@triton.jit
+def swizzle(pid, num_m, num_n, GROUP_M: tl.constexpr):
+    """Map a linear tile id to (tile_m, tile_n) in GROUP_M-row bands, so neighbours reuse the N operand in L2."""
+    width = GROUP_M * num_n
+    group = pid // width
+    first_m = group * GROUP_M
+    size_m = tl.minimum(num_m - first_m, GROUP_M)
+    tile_m = first_m + (pid % width) % size_m
+    tile_n = (pid % width) // size_m
+    return tile_m, tile_n
+
+
+@triton.jit
+def mma(a, b, acc, UPCAST: tl.constexpr, PREC: tl.constexpr):
+    """acc += a @ b with fp32 accumulation; under the interpreter both operands go to fp32 first."""
+    if UPCAST:
+        a = a.to(tl.float32)
+        b = b.to(tl.float32)
+    return tl.dot(a, b, acc, input_precision=PREC)

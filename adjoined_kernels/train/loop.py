@@ -1,0 +1,300 @@
+"""The training loop: model/optimizer/scheduler construction, one epoch, evaluation, checkpoints and resume.
+
+Methods:
+- ``adjoined``: the adjoined ResNet, loss ``adjoined_loss(logits_full, logits_small, y, lambda(t))``.
+- ``standard``: the plain full network (``export_full`` of a freshly initialised adjoined model, so its
+  initialisation equals the full branch of an ``adjoined`` run with the same seed), CE only.
+- ``small``: the plain small network alone from scratch (``export_small`` of a freshly initialised adjoined
+  model: the same initial weights as the small branch of an ``adjoined`` run), CE only.
+
+Determinism: the model is built right after ``torch.manual_seed(seed)``; shuffling and augmentation in epoch
+``e`` draw from a generator seeded ``seed*1000 + e``. A checkpoint is written after every epoch, so
+``--resume`` continues to the same final weights as an uninterrupted run.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from .. import lambda_schedule
+from .. import models as ak_models
+from ..export import export_full, export_small
+from ..ops.adjoined_loss import adjoined_loss
+from .data import Dataset, epoch_generator, normalize, steps_per_epoch, train_batches
+
+# Arguments that must match between a checkpoint and the run that resumes it.
+RESUME_KEYS = ("method", "dataset", "arch", "width", "alpha", "stem", "epochs", "batch_size", "lr", "optimizer",
+               "weight_decay", "schedule", "milestones", "lam_schedule", "lam_scale", "temperature", "seed",
+               "subset", "image_size")
+
+
+class ResumeError(Exception):
+    """A checkpoint is missing or does not fit the current arguments."""
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def build_adjoined(args, ds: Dataset, device=None):
+    """The adjoined ResNet for ``args`` and ``ds``, on ``device``."""
+    ctor = getattr(ak_models, f"adjoined_{args.arch}")
+    model = ctor(num_classes=ds.num_classes, alpha=args.alpha, in_channels=ds.in_channels, stem=args.stem,
+                 width=args.width, backend=args.backend)
+    return model.to(device) if device is not None else model
+
+
+def build_net(args, ds: Dataset, device):
+    """The network trained by ``args.method`` (seeded). Returns the module, on ``device``."""
+    torch.manual_seed(args.seed)
+    model = build_adjoined(args, ds)
+    if args.method == "standard":
+        model = export_full(model)
+    elif args.method == "small":
+        model = export_small(model)
+    model = model.to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def make_optimizer(args, params):
+    if args.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=args.lr, momentum=args.momentum, nesterov=args.momentum > 0,
+                               weight_decay=args.weight_decay)
+    return torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
+
+
+def make_scheduler(args, opt, total_steps: int, spe: int):
+    """A per-step LR scheduler (milestones of ``multistep`` are in epochs)."""
+    if args.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=total_steps,
+                                                   pct_start=args.pct_start, div_factor=args.div_factor,
+                                                   final_div_factor=args.final_div_factor)
+    if args.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
+    return torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[m * spe for m in args.milestones],
+                                                gamma=args.gamma)
+
+
+def forward_loss(net, method, x, y, lam, args):
+    """(loss, logits_full or None, logits_small or None)."""
+    if method == "adjoined":
+        lf, ls = net(x)
+        return adjoined_loss(lf, ls, y, lam, temperature=args.temperature, backend=args.backend), lf, ls
+    out = net(x)
+    loss = F.cross_entropy(out.float(), y)
+    return (loss, out, None) if method == "standard" else (loss, None, out)
+
+
+def _kl(lf, ls, temperature):
+    lp = (lf.float() / temperature).log_softmax(-1)
+    lq = (ls.float() / temperature).log_softmax(-1)
+    return (lp.exp() * (lp - lq)).sum(-1).sum()
+
+
+@torch.inference_mode()
+def evaluate(net, method, ds: Dataset, device, batch_size: int = 500, amp: bool = False):
+    """Test accuracy ``(acc_full, acc_small)``; None for a branch the method does not have."""
+    was_training = net.training
+    net.eval()
+    cf = cs = 0
+    n = len(ds.x_test)
+    for i in range(0, n, batch_size):
+        x = _prep(ds.x_test[i:i + batch_size], ds, device)
+        y = ds.y_test[i:i + batch_size].to(device)
+        with _autocast(device, amp):
+            out = net(x)
+        if method == "adjoined":
+            cf += int((out[0].argmax(-1) == y).sum())
+            cs += int((out[1].argmax(-1) == y).sum())
+        elif method == "standard":
+            cf += int((out.argmax(-1) == y).sum())
+        else:
+            cs += int((out.argmax(-1) == y).sum())
+    net.train(was_training)
+    return (cf / n if method != "small" else None, cs / n if method != "standard" else None)
+
+
+def _prep(x_u8, ds: Dataset, device):
+    x = normalize(x_u8.to(device, non_blocking=True), ds.mean, ds.std)
+    return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x
+
+
+def _autocast(device, amp: bool):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda")
+
+
+def _prefetch(it, workers: int):
+    """Prepare batches in a background thread when ``workers > 0`` (order and randomness are unchanged)."""
+    if workers <= 0:
+        yield from it
+        return
+    import queue
+    import threading
+    q: queue.Queue = queue.Queue(maxsize=2 * workers)
+    done = object()
+
+    def produce():
+        try:
+            for item in it:
+                q.put(item)
+        finally:
+            q.put(done)
+
+    threading.Thread(target=produce, daemon=True).start()
+    while (item := q.get()) is not done:
+        yield item
+
+
+def rng_state(gen: torch.Generator | None) -> dict:
+    st = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    if "numpy" in sys.modules:
+        st["numpy"] = sys.modules["numpy"].random.get_state()
+    if gen is not None:
+        st["data"] = gen.get_state()
+    return st
+
+
+def set_rng_state(st: dict) -> None:
+    torch.set_rng_state(st["torch"])
+    random.setstate(st["python"])
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda"])
+    if "numpy" in st:
+        import numpy as np
+        np.random.set_state(st["numpy"])
+
+
+def save_checkpoint(path: str, state: dict) -> None:
+    """Write ``state`` atomically: to ``path.tmp``, then ``os.replace``."""
+    tmp = path + ".tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str, args) -> dict:
+    if not os.path.isfile(path):
+        raise ResumeError(f"--resume: no checkpoint at {path}; train first with --out {os.path.dirname(path) or '.'}")
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - a truncated or foreign file
+        raise ResumeError(f"--resume: cannot read checkpoint {path} ({type(e).__name__}: {e})") from None
+    old = ck.get("args", {})
+    diff = [f"--{k.replace('_', '-')} {old.get(k)!r} (checkpoint) vs {getattr(args, k)!r} (now)"
+            for k in RESUME_KEYS if k in old and old.get(k) != getattr(args, k)]
+    if diff:
+        raise ResumeError("--resume: the checkpoint was trained with other arguments: " + "; ".join(diff))
+    return ck
+
+
+def train(args, ds: Dataset, device, log=print):
+    """Train ``args.method`` on ``ds``; returns ``(net, history, finished)``.
+
+    Writes OUT/metrics.jsonl (one JSON line per epoch) and OUT/checkpoint.pt (every epoch).
+    ``finished`` is False when ``args.stop_after`` ended the run before ``args.epochs``.
+    """
+    from tqdm.auto import tqdm
+
+    out = args.out
+    net = build_net(args, ds, device)
+    opt = make_optimizer(args, net.parameters())
+    spe = steps_per_epoch(len(ds.x_train), args.batch_size)
+    total = spe * args.epochs
+    sched = make_scheduler(args, opt, total, spe)
+    ckpt_path = os.path.join(out, "checkpoint.pt")
+    metrics_path = os.path.join(out, "metrics.jsonl")
+    start_epoch, step, history, elapsed = 0, 0, [], 0.0
+    if args.resume:
+        ck = load_checkpoint(ckpt_path if args.resume == "auto" else args.resume, args)
+        net.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        start_epoch, step, history, elapsed = ck["epoch"], ck["global_step"], ck["history"], ck["elapsed"]
+        set_rng_state(ck["rng"])
+        log(f"resumed from {ckpt_path if args.resume == 'auto' else args.resume} after epoch {start_epoch}")
+    with open(metrics_path, "w") as f:  # rewritten from the checkpoint's history: no duplicate epochs
+        for rec in history:
+            f.write(json.dumps(rec) + "\n")
+
+    method, amp = args.method, args.amp and device.type == "cuda"
+    run_epochs = 0
+    for epoch in range(start_epoch, args.epochs):
+        t0 = time.perf_counter()
+        gen = epoch_generator(args.seed, epoch)
+        net.train()
+        sums = torch.zeros(6, dtype=torch.float64, device=device)  # loss, ce, kl, correct_f, correct_s, n
+        bar = tqdm(total=spe, desc=f"epoch {epoch + 1}/{args.epochs}", disable=not args.progress,
+                   dynamic_ncols=True, leave=False, file=sys.stderr)
+        lam = 0.0
+        for i, (xb, yb) in enumerate(_prefetch(train_batches(ds, args.batch_size, gen, not args.no_augment),
+                                               args.workers)):
+            lam = lambda_schedule(min(step / total, 1.0), args.lam_schedule, args.lam_scale)
+            x, y = _prep(xb, ds, device), yb.to(device, non_blocking=True)
+            with _autocast(device, amp):
+                loss, lf, ls = forward_loss(net, method, x, y, lam, args)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            step += 1
+            with torch.no_grad():
+                b = y.shape[0]
+                main = lf if lf is not None else ls
+                ce = F.cross_entropy(main.float(), y, reduction="sum")
+                kl = _kl(lf, ls, args.temperature) if method == "adjoined" else torch.zeros((), device=device)
+                cf = (lf.argmax(-1) == y).sum() if lf is not None else 0
+                cs = (ls.argmax(-1) == y).sum() if ls is not None else 0
+                sums += torch.stack([loss.detach().double() * b, ce.double(), kl.double(),
+                                     torch.as_tensor(cf, device=device).double(),
+                                     torch.as_tensor(cs, device=device).double(),
+                                     torch.tensor(float(b), device=device, dtype=torch.float64)])
+            bar.update(1)
+            if args.progress and (i % 20 == 0 or i == spe - 1):
+                s = sums.tolist()
+                bar.set_postfix(loss=f"{s[0] / s[5]:.3f}", lam=f"{lam:.3f}", lr=f"{sched.get_last_lr()[0]:.3g}")
+        bar.close()
+        s = sums.tolist()
+        n = max(s[5], 1.0)
+        t_train = time.perf_counter() - t0
+        acc_f, acc_s = evaluate(net, method, ds, device, args.eval_batch_size, amp)
+        dt = time.perf_counter() - t0
+        elapsed += dt
+        rec = {"epoch": epoch + 1, "lambda": lam if method == "adjoined" else None, "loss": s[0] / n,
+               "ce": s[1] / n, "kl": s[2] / n if method == "adjoined" else None,
+               "train_acc_full": s[3] / n if method != "small" else None,
+               "train_acc_small": s[4] / n if method != "standard" else None,
+               "test_acc_full": acc_f, "test_acc_small": acc_s, "lr": sched.get_last_lr()[0],
+               "time": dt, "train_time": t_train, "elapsed": elapsed, "step": step}
+        history.append(rec)
+        with open(metrics_path, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        save_checkpoint(ckpt_path, {"format": 1, "model": net.state_dict(), "optimizer": opt.state_dict(),
+                                    "scheduler": sched.state_dict(), "epoch": epoch + 1, "global_step": step,
+                                    "rng": rng_state(gen), "history": history, "elapsed": elapsed,
+                                    "args": vars(args)})
+        log(format_epoch(rec))
+        run_epochs += 1
+        if args.stop_after and run_epochs >= args.stop_after and epoch + 1 < args.epochs:
+            log(f"stopping after {run_epochs} epoch(s) as asked (--stop-after); continue with --resume")
+            return net, history, False
+    return net, history, True
+
+
+def format_epoch(r: dict) -> str:
+    def f(v, fmt):
+        return "-" if v is None else format(v, fmt)
+    return (f"epoch {r['epoch']:3d}  loss {r['loss']:.4f}  ce {r['ce']:.4f}  kl {f(r['kl'], '.4f')}  "
+            f"lam {f(r['lambda'], '.3f')}  train {f(r['train_acc_full'], '.4f')}/{f(r['train_acc_small'], '.4f')}  "
+            f"test {f(r['test_acc_full'], '.4f')}/{f(r['test_acc_small'], '.4f')}  lr {r['lr']:.3g}  "
+            f"{r['time']:.1f}s")

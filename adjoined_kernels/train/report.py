@@ -1,0 +1,167 @@
+"""End-of-run reporting: parameters, FLOPs and latency of the exported nets, ONNX export, summary.json,
+curves.png and the text table."""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import platform
+import statistics
+import time
+import warnings
+
+import torch
+
+
+def count_params(net) -> int | None:
+    return None if net is None else sum(p.numel() for p in net.parameters())
+
+
+def count_flops(net, shape) -> int | None:
+    """FLOPs per image (torch's FlopCounterMode: 2 per multiply-add) of ``net`` in eval on a batch of one."""
+    if net is None:
+        return None
+    from torch.utils.flop_counter import FlopCounterMode
+    net = copy.deepcopy(net).cpu().float().eval()
+    with torch.inference_mode(), FlopCounterMode(display=False) as fc:
+        net(torch.zeros(1, *shape))
+    return int(fc.get_total_flops())
+
+
+def latency_ms(net, shape, batch: int, device: torch.device, runs: int = 10, warmup: int = 3) -> float | None:
+    """Median wall time (ms) of ``net`` on a ``[batch, *shape]`` input, in eval and inference_mode."""
+    if net is None:
+        return None
+    net = copy.deepcopy(net).to(device).float().eval()
+    x = torch.randn(batch, *shape, device=device)
+    if device.type == "cuda":
+        net = net.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    times = []
+    with torch.inference_mode():
+        for i in range(warmup + runs):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            net(x)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if i >= warmup:
+                times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def export_onnx(net, shape, path: str) -> float | None:
+    """Export ``net`` (eval, CPU, fp32) to ONNX opset 17 with a dynamic batch; return onnxruntime's max
+    relative error against PyTorch on a random batch of 4 (None when onnxruntime is missing)."""
+    net = copy.deepcopy(net).cpu().float().eval()
+    x = torch.randn(1, *shape)
+    kw = dict(input_names=["input"], output_names=["logits"], opset_version=17,
+              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(net, (x,), path, dynamo=False, **kw)
+        except Exception:  # noqa: BLE001 - the legacy exporter may be gone in a later torch
+            torch.onnx.export(net, (x,), path, dynamo=True, **kw)
+    return onnx_rel_err(net, path, shape)
+
+
+def onnx_rel_err(net, path: str, shape, batch: int = 4) -> float | None:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return None
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    x = torch.randn(batch, *shape, generator=torch.Generator().manual_seed(0))
+    got = torch.from_numpy(sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0])
+    with torch.inference_mode():
+        ref = net(x)
+    return float((got - ref).abs().max() / ref.abs().max().clamp_min(1e-12))
+
+
+def versions() -> dict:
+    from importlib import metadata
+
+    def ver(name):
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return None
+    from .. import __version__
+    return {"torch": torch.__version__, "triton": ver("triton"), "python": platform.python_version(),
+            "adjoined_kernels": __version__, "onnxruntime": ver("onnxruntime"), "cuda": torch.version.cuda,
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+            "cpu_threads": torch.get_num_threads()}
+
+
+def measure(full, small, shape, bench_runs: int) -> dict:
+    """Params, FLOPs and latency (CPU, and GPU if present; batch 1 and 64) of the exported nets."""
+    out = {"params_full": count_params(full), "params_small": count_params(small),
+           "flops_full": count_flops(full, shape), "flops_small": count_flops(small, shape)}
+    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    for dev in devices:
+        for b in (1, 64):
+            for name, net in (("full", full), ("small", small)):
+                out[f"latency_{dev.type}_b{b}_ms_{name}"] = latency_ms(net, shape, b, dev, bench_runs)
+    return out
+
+
+def write_json(path: str, obj) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, default=str)
+    os.replace(tmp, path)
+
+
+def table(summary: dict) -> str:
+    """An aligned text table: metric | full | small | ratio (full / small)."""
+    rows = [("test accuracy", "acc", "{:.4f}"), ("params", "params", "{:,}"), ("FLOPs / image", "flops", "{:,}")]
+    for dev in ("cpu", "cuda"):
+        for b in (1, 64):
+            rows.append((f"latency {dev} b{b} (ms)", f"latency_{dev}_b{b}_ms", "{:.3f}"))
+    lines = [("metric", "full", "small", "full/small")]
+    for label, key, fmt in rows:
+        f, s = summary.get(f"{key}_full"), summary.get(f"{key}_small")
+        if key.startswith("latency") and f is None and s is None:
+            continue
+        ratio = f"{f / s:.2f}x" if f is not None and s else "-"
+        lines.append((label, "-" if f is None else fmt.format(f), "-" if s is None else fmt.format(s), ratio))
+    w = [max(len(r[i]) for r in lines) for i in range(4)]
+    text = [" | ".join(c.ljust(w[i]) if i == 0 else c.rjust(w[i]) for i, c in enumerate(r)) for r in lines]
+    text.insert(1, "-+-".join("-" * x for x in w))
+    return "\n".join(text)
+
+
+def plot_curves(history: list, path: str) -> None:
+    """curves.png: train loss/CE/KL, test accuracy of both nets, and lambda / LR, per epoch."""
+    import matplotlib
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    ep = [r["epoch"] for r in history]
+
+    def series(k):
+        return [r.get(k) if r.get(k) is not None else float("nan") for r in history]
+
+    fig, ax = plt.subplots(1, 3, figsize=(15, 4))
+    for k in ("loss", "ce", "kl"):
+        ax[0].plot(ep, series(k), marker="o", label=k)
+    ax[0].set(title="train loss", xlabel="epoch")
+    for k, style in (("test_acc_full", "-"), ("test_acc_small", "-"), ("train_acc_full", ":"),
+                     ("train_acc_small", ":")):
+        ax[1].plot(ep, series(k), style, marker="o", label=k)
+    ax[1].set(title="accuracy", xlabel="epoch")
+    ax[2].plot(ep, series("lambda"), marker="o", label="lambda (end of epoch)")
+    ax2 = ax[2].twinx()
+    ax2.plot(ep, series("lr"), "--", color="gray", label="lr")
+    ax2.set_ylabel("lr")
+    ax[2].set(title="lambda(t) and learning rate", xlabel="epoch")
+    for a in ax:
+        a.grid(alpha=0.3)
+        a.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
