@@ -1,0 +1,191 @@
+"""``adjoined-train``: train an adjoined ResNet (or a baseline) and report both networks.
+
+``adjoined-train --out runs/demo`` with no other argument is the demo: Fashion-MNIST, adjoined ResNet-18
+(cifar stem, base width 16, alpha 4), 4 epochs, SGD+Nesterov with one-cycle LR, quadratic lambda(t).
+Every default lives in :data:`DEFAULTS` below.
+
+Outputs in ``--out``: metrics.jsonl (one line per epoch), checkpoint.pt (every epoch, atomic), summary.json,
+curves.png, small.onnx + small.pt (full.onnx + full.pt for ``--method standard``).
+
+Exit codes: 0 done, 1 ``--check`` found a mismatch, 2 bad arguments or a missing/malformed dataset.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+# The demo defaults, in one place.
+DEFAULTS = dict(
+    method="adjoined", dataset="fashion-mnist", data_dir=None, image_size=None,
+    arch="resnet18", width=16, alpha=4, stem="cifar",
+    epochs=4, batch_size=128, eval_batch_size=500,
+    optimizer="sgd", lr=0.15, momentum=0.9, weight_decay=5e-4,
+    schedule="onecycle", pct_start=0.25, div_factor=10.0, final_div_factor=100.0, milestones=[150, 180, 210],
+    gamma=0.1,
+    lam_schedule="quadratic", lam_scale=1.0, temperature=1.0,
+    backend="auto", seed=0, device="auto", amp=False, workers=0,
+    out="runs/adjoined", bench_runs=10, check_batch=32,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ..schedules import SCHEDULES
+    from .data import DATASETS
+    d = DEFAULTS
+    p = argparse.ArgumentParser(
+        prog="adjoined-train", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Train an adjoined network (full + channel-prefix small, loss CE + lambda(t) KL) or a "
+                    "baseline, then export and measure both networks.")
+    g = p.add_argument_group("method and data")
+    g.add_argument("--method", choices=["adjoined", "standard", "small"], default=d["method"],
+                   help="adjoined: both nets with the adjoined loss; standard: the plain full net, CE only; "
+                        "small: the plain small net alone from scratch (export_small of a fresh model), CE only")
+    g.add_argument("--dataset", choices=DATASETS, default=d["dataset"])
+    g.add_argument("--data-dir", default=d["data_dir"],
+                   help="dataset directory (default for fashion-mnist: /usr/share/datasets/fashion-mnist)")
+    g.add_argument("--image-size", type=int, default=d["image_size"],
+                   help="imagefolder only: images are resized to this square size (default 64)")
+    g.add_argument("--subset", type=int, default=None, metavar="N",
+                   help="use only N train and N test images (smoke tests)")
+    g.add_argument("--no-augment", action="store_true", help="no random crop / flip")
+    g.add_argument("--workers", type=int, default=d["workers"],
+                   help="> 0: prepare batches (crop, flip) in a background thread")
+    g = p.add_argument_group("model")
+    g.add_argument("--arch", choices=["resnet18", "resnet34", "resnet50", "resnet101"], default=d["arch"])
+    g.add_argument("--width", type=int, default=d["width"], help="base width (64 in torchvision)")
+    g.add_argument("--alpha", type=int, default=d["alpha"], help="the small net has width/alpha channels")
+    g.add_argument("--stem", choices=["cifar", "imagenet"], default=d["stem"])
+    g.add_argument("--backend", choices=["auto", "reference", "triton", "cuda"], default=d["backend"])
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int, default=d["epochs"])
+    g.add_argument("--batch-size", type=int, default=d["batch_size"])
+    g.add_argument("--eval-batch-size", type=int, default=d["eval_batch_size"])
+    g.add_argument("--optimizer", choices=["sgd", "adamw"], default=d["optimizer"],
+                   help="sgd: momentum with Nesterov; adamw")
+    g.add_argument("--lr", type=float, default=d["lr"], help="peak learning rate")
+    g.add_argument("--momentum", type=float, default=d["momentum"])
+    g.add_argument("--weight-decay", type=float, default=d["weight_decay"])
+    g.add_argument("--schedule", choices=["onecycle", "cosine", "multistep"], default=d["schedule"],
+                   help="LR schedule, stepped per batch")
+    g.add_argument("--pct-start", type=float, default=d["pct_start"], help="onecycle: warm-up fraction")
+    g.add_argument("--div-factor", type=float, default=d["div_factor"], help="onecycle: initial lr = lr/div")
+    g.add_argument("--final-div-factor", type=float, default=d["final_div_factor"],
+                   help="onecycle: final lr = initial lr / this")
+    g.add_argument("--milestones", type=int, nargs="+", default=d["milestones"],
+                   help="multistep: epochs at which the LR is multiplied by --gamma")
+    g.add_argument("--gamma", type=float, default=d["gamma"], help="multistep: LR decay factor")
+    g.add_argument("--lam-schedule", choices=sorted(SCHEDULES), default=d["lam_schedule"],
+                   help="lambda(t), t = step / total_steps")
+    g.add_argument("--lam-scale", type=float, default=d["lam_scale"], help="c in lambda(t) = c f(t)")
+    g.add_argument("--temperature", type=float, default=d["temperature"], help="KL temperature T")
+    g = p.add_argument_group("run")
+    g.add_argument("--seed", type=int, default=d["seed"])
+    g.add_argument("--device", default=d["device"], help="auto (cuda if available), cpu, cuda, cuda:1 ...")
+    g.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA (ignored on CPU)")
+    g.add_argument("--out", default=d["out"], help="output directory")
+    g.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CKPT",
+                   help="continue from OUT/checkpoint.pt (or CKPT) with the same arguments")
+    g.add_argument("--stop-after", type=int, default=None, metavar="K",
+                   help="stop after K epochs of this run (the schedule still spans --epochs); --resume continues")
+    g.add_argument("--no-onnx", action="store_true", help="do not export ONNX")
+    g.add_argument("--bench-runs", type=int, default=d["bench_runs"], help="timed runs per latency measurement")
+    g.add_argument("--no-progress", dest="progress", action="store_false", help="no tqdm progress bars")
+    g = p.add_argument_group("check")
+    g.add_argument("--check", action="store_true",
+                   help="compare --backend with the reference ops (every adjoined conv: forward and all "
+                        "gradients; the loss) on one real batch, print the errors, and exit (1 on a mismatch)")
+    g.add_argument("--check-batch", type=int, default=d["check_batch"], help="batch size of --check")
+    g.add_argument("--check-tol", type=float, default=None, help="override the per-dtype tolerance of --check")
+    return p
+
+
+def fail(msg: str) -> int:
+    print(f"adjoined-train: error: {msg}", file=sys.stderr)
+    return 2
+
+
+def _validate(args, parser) -> str | None:
+    for k in ("epochs", "batch_size", "width", "alpha", "eval_batch_size", "check_batch", "bench_runs"):
+        if getattr(args, k) < 1:
+            return f"--{k.replace('_', '-')} must be >= 1, got {getattr(args, k)}"
+    if args.subset is not None and args.subset < 2:
+        return f"--subset must be >= 2, got {args.subset}"
+    if args.lr <= 0 or args.temperature <= 0:
+        return "--lr and --temperature must be > 0"
+    if args.workers < 0:
+        return "--workers must be >= 0"
+    return None
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    msg = _validate(args, parser)
+    if msg:
+        return fail(msg)
+
+    import torch
+
+    from .. import available_backends
+    from .data import DataError, load_dataset
+    from .loop import ResumeError, build_adjoined, pick_device
+
+    try:
+        device = pick_device(args.device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            return fail(f"--device {args.device}: CUDA is not available on this machine; use --device cpu")
+    except RuntimeError as e:
+        return fail(f"--device {args.device}: {e}")
+    if args.backend != "auto" and args.backend not in available_backends():
+        from .._backend import _cuda_status, _triton_status
+        why = _triton_status() if args.backend == "triton" else _cuda_status()
+        return fail(f"--backend {args.backend} is unavailable: {why}")
+    if args.backend in ("triton", "cuda") and device.type != "cuda":
+        from .._backend import triton_interpreting
+        if not (args.backend == "triton" and triton_interpreting()):
+            return fail(f"--backend {args.backend} needs --device cuda (device is {device})")
+
+    t_load = time.perf_counter()
+    try:
+        ds = load_dataset(args.dataset, args.data_dir, args.image_size, args.subset, args.seed)
+    except DataError as e:
+        return fail(str(e))
+    print(f"{ds.name}: {len(ds.x_train)} train / {len(ds.x_test)} test images {tuple(ds.x_train.shape[1:])}, "
+          f"{ds.num_classes} classes, from {ds.root} ({time.perf_counter() - t_load:.1f}s)")
+    try:
+        torch.manual_seed(args.seed)
+        probe = build_adjoined(args, ds)  # validates arch/width/alpha before anything is written
+    except (ValueError, TypeError) as e:
+        return fail(f"cannot build adjoined_{args.arch} (width {args.width}, alpha {args.alpha}): {e}")
+
+    if args.check:
+        from .check import check_lambda, run_check
+        probe = probe.to(device)
+        x = _check_batch(ds, args.check_batch, device)
+        y = ds.y_train[:x.shape[0]].to(device)
+        dtype = torch.bfloat16 if args.amp and device.type == "cuda" else torch.float32
+        ok = run_check(probe, x, y, args.backend, dtype, check_lambda(args), args.temperature, args.check_tol)
+        return 0 if ok else 1
+    del probe
+
+    os.makedirs(args.out, exist_ok=True)
+    from .loop import train
+    from .run import finish
+    try:
+        net, history, finished = train(args, ds, device)
+    except ResumeError as e:
+        return fail(str(e))
+    if finished:
+        finish(args, ds, device, net, history)
+    return 0
+
+
+def _check_batch(ds, n, device):
+    from .data import normalize
+    return normalize(ds.x_train[:n], ds.mean, ds.std).to(device)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
