@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 DATA := /usr/share/datasets/fashion-mnist
 STAMP := $(VENV)/.setup-stamp
 
-.PHONY: setup data demo test bench clean
+.PHONY: setup data demo test bench bench-gpu gpu-verify clean
 
 setup: $(STAMP) data
 
@@ -31,6 +31,17 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q tests
+
+bench: setup
+	cd bench && ../$(PY) -m pytest -q test_cpu.py --benchmark-json=results/$$(date -u +%Y-%m-%d)-cpu.json
+	$(PY) bench/report.py
+
+# On the GPU machine (through the device tool): no venv there, its python3 has torch and triton.
+bench-gpu:
+	bash bench/gpu_run.sh bench
+
+gpu-verify:
+	bash bench/gpu_run.sh all
 
 clean:
 	rm -rf runs build *.egg-info
