@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 import adjoined_kernels as ak
 from adjoined_kernels.ops.conv_fprop import adjoined_conv2d_triton
-from common import CsvWriter, bench_ms, rel_err, run_meta
+from common import CsvWriter, bench_ms, peak_rates, rel_err, run_meta
 
 
 def resnet50_shapes():
@@ -41,7 +41,9 @@ def make_problem(shape, n, alpha, dtype):
     dzf = torch.randn(n, cout, p, p, **g).contiguous(memory_format=cl)
     dzs = torch.randn(n, cout_s, p, p, **g).contiguous(memory_format=cl)
     flops = 2 * n * p * p * k * k * (cout * cin + cout_s * cin_s)
-    return dict(xf=xf, xs=xs, w=w, stride=stride, pad=pad, cout_s=cout_s, dzf=dzf, dzs=dzs, flops=flops)
+    nbytes = 2 * (xf.numel() + xs.numel() + w.numel() + dzf.numel() + dzs.numel())  # fprop: read x, W; write z
+    return dict(xf=xf, xs=xs, w=w, stride=stride, pad=pad, cout_s=cout_s, dzf=dzf, dzs=dzs, flops=flops,
+                nbytes=nbytes)
 
 
 def providers(pb, compiled):
@@ -101,7 +103,7 @@ def main():
     ap.add_argument("--shapes", default="", help="substring filter on shape names")
     args = ap.parse_args()
     torch.backends.cudnn.benchmark = True
-    meta, csv = run_meta(), CsvWriter(args.out)
+    meta, csv, peaks = run_meta(), CsvWriter(args.out), peak_rates()
     compiled = torch.compile(ak.adjoined_conv2d_ref, dynamic=False)
     for shape in [s for s in resnet50_shapes() if args.shapes in s[0]]:
         for n in args.batch:
@@ -120,13 +122,20 @@ def main():
                         times[name] = bench_ms(run) if ok[name] else (float("nan"),) * 3
                         mem[name] = torch.cuda.max_memory_allocated() / 2 ** 20
                     flops = pb["flops"] * (1 if mode == "fwd" else 3)
+                    # roofline: the time at the measured peak compute or bandwidth, whichever binds
+                    roof_ms = max(flops / peaks["peak_tflops"] / 1e9,
+                                  pb["nbytes"] * (1 if mode == "fwd" else 3) / peaks["peak_gbps"] / 1e6)
                     for name, (p50, p20, p80) in times.items():
                         csv.write(dict(kernel="adjoined_conv2d", provider=name, mode=mode, shape=shape[0],
                                        cin=shape[1], cout=shape[2], k=shape[3], stride=shape[4], hw=shape[5],
                                        alpha=alpha, dtype="bf16", N=n, ms_p20=p20, ms_p50=p50, ms_p80=p80,
                                        tflops=flops / p50 / 1e9, speedup_vs_cudnn=times["cudnn2"][0] / p50,
                                        speedup_vs_compile=times["compile"][0] / p50, max_rel_err=errs[name],
-                                       correct=ok[name], peak_mem_MB=mem[name], **meta))
+                                       correct=ok[name], peak_mem_MB=mem[name], roofline_ms=roof_ms,
+                                       pct_roofline=100 * roof_ms / p50, pct_peak_tflops=
+                                       100 * flops / p50 / 1e9 / peaks["peak_tflops"],
+                                       peak_tflops_measured=peaks["peak_tflops"],
+                                       peak_gbps_measured=peaks["peak_gbps"], **meta))
                     print(f"{shape[0]:12s} N={n:3d} a={alpha} {mode:4s} " + " ".join(
                         f"{k}={v[0]:.3f}" for k, v in times.items()), flush=True)
                 del pb, fns, ref_out, ref_grads
