@@ -2,7 +2,8 @@
 
 Every FusedAdjoinedConv2d of the model gets its real inputs (captured with forward hooks on a reference
 forward pass). For each, the backend's forward values and all gradients (x_full, x_small, weight, bias,
-small_scale) under the same random upstream gradients are compared with ``adjoined_conv2d_ref`` in fp32; then
+small_scale) under the same random upstream gradients are compared with ``adjoined_conv2d_ref`` run in
+float64 on the same captured tensors (same memory layout); then
 the loss value and both logits' gradients against ``adjoined_loss_ref``. The error of a tensor is
 ``max |backend - reference| / max |reference|``. A layer fails beyond the tolerance of the check dtype.
 """
@@ -70,10 +71,10 @@ def capture_conv_inputs(model, x):
 
 
 def _conv_case(mod, xf, xs, scale, dtype, backend, gen):
-    """Errors of the backend vs the fp32 reference for one layer: dict name -> rel err."""
+    """Errors of the backend (in ``dtype``) vs the float64 reference for one layer: dict name -> rel err."""
     w, b = mod.weight.detach(), None if mod.bias is None else mod.bias.detach()
     kw = dict(stride=mod.stride, padding=mod.padding, dilation=mod.dilation, small_out_channels=mod.small_out_channels)
-    ref_in = [t.float().clone().requires_grad_(True) if t is not None else None for t in (xf, xs, w, b, scale)]
+    ref_in = [t.double().clone().requires_grad_(True) if t is not None else None for t in (xf, xs, w, b, scale)]
     run_in = [t.to(dtype).clone().requires_grad_(True) if t is not None else None for t in (xf, xs, w, b, scale)]
     zf_r, zs_r = adjoined_conv2d_ref(ref_in[0], ref_in[1], ref_in[2], ref_in[3], small_scale=ref_in[4], **kw)
     dzf = torch.randn(zf_r.shape, generator=gen).to(zf_r.device)
@@ -82,7 +83,8 @@ def _conv_case(mod, xf, xs, scale, dtype, backend, gen):
     names = ("x_full", "x_small", "weight", "bias", "small_scale")
     leaves_r = [(n, t) for n, t in zip(names, ref_in) if t is not None]
     leaves = [t for t in run_in if t is not None]
-    g_ref = torch.autograd.grad((zf_r, zs_r), [t for _, t in leaves_r], (dzf, dzs), allow_unused=True)
+    g_ref = torch.autograd.grad((zf_r, zs_r), [t for _, t in leaves_r], (dzf.double(), dzs.double()),
+                                allow_unused=True)
     g = torch.autograd.grad((zf, zs), leaves, (dzf.to(zf.dtype), dzs.to(zs.dtype)), allow_unused=True)
     errs = {"z_full": rel_err(zf, zf_r), "z_small": rel_err(zs, zs_r)}
     for (n, _), a, r in zip(leaves_r, g, g_ref):

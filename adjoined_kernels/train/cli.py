@@ -84,13 +84,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=d["seed"])
     g.add_argument("--device", default=d["device"], help="auto (cuda if available), cpu, cuda, cuda:1 ...")
     g.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA (ignored on CPU)")
+    g.add_argument("--threads", type=int, default=0,
+                   help="CPU threads for torch (0: torch's default). 1 is much faster when other processes "
+                        "load the cores: OpenMP threads spin-wait when oversubscribed")
     g.add_argument("--out", default=d["out"], help="output directory")
     g.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CKPT",
                    help="continue from OUT/checkpoint.pt (or CKPT) with the same arguments")
     g.add_argument("--stop-after", type=int, default=None, metavar="K",
                    help="stop after K epochs of this run (the schedule still spans --epochs); --resume continues")
     g.add_argument("--no-onnx", action="store_true", help="do not export ONNX")
-    g.add_argument("--bench-runs", type=int, default=d["bench_runs"], help="timed runs per latency measurement")
+    g.add_argument("--bench-runs", type=int, default=d["bench_runs"], help="timed runs per latency measurement (0: no latency)")
     g.add_argument("--no-progress", dest="progress", action="store_false", help="no tqdm progress bars")
     g = p.add_argument_group("check")
     g.add_argument("--check", action="store_true",
@@ -107,15 +110,17 @@ def fail(msg: str) -> int:
 
 
 def _validate(args, parser) -> str | None:
-    for k in ("epochs", "batch_size", "width", "alpha", "eval_batch_size", "check_batch", "bench_runs"):
+    if args.bench_runs < 0:
+        return "--bench-runs must be >= 0"
+    for k in ("epochs", "batch_size", "width", "alpha", "eval_batch_size", "check_batch"):
         if getattr(args, k) < 1:
             return f"--{k.replace('_', '-')} must be >= 1, got {getattr(args, k)}"
     if args.subset is not None and args.subset < 2:
         return f"--subset must be >= 2, got {args.subset}"
     if args.lr <= 0 or args.temperature <= 0:
         return "--lr and --temperature must be > 0"
-    if args.workers < 0:
-        return "--workers must be >= 0"
+    if args.workers < 0 or args.threads < 0:
+        return "--workers and --threads must be >= 0"
     return None
 
 
@@ -126,6 +131,17 @@ def main(argv=None) -> int:
     if msg:
         return fail(msg)
 
+    import torch
+    threads = torch.get_num_threads()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        return _run(args)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(args) -> int:
     import torch
 
     from .. import available_backends
@@ -164,6 +180,9 @@ def main(argv=None) -> int:
         from .check import check_lambda, run_check
         probe = probe.to(device)
         x = _check_batch(ds, args.check_batch, device)
+        if device.type == "cuda":  # the layout training uses there
+            probe = probe.to(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=torch.channels_last)
         y = ds.y_train[:x.shape[0]].to(device)
         dtype = torch.bfloat16 if args.amp and device.type == "cuda" else torch.float32
         ok = run_check(probe, x, y, args.backend, dtype, check_lambda(args), args.temperature, args.check_tol)
@@ -172,7 +191,7 @@ def main(argv=None) -> int:
 
     os.makedirs(args.out, exist_ok=True)
     from .loop import train
-    from .run import finish
+    from .report import finish
     try:
         net, history, finished = train(args, ds, device)
     except ResumeError as e:

@@ -124,7 +124,7 @@ def load_dataset(name: str, data_dir: str | None = None, image_size: int | None 
     pad, flip = AUGMENT[name]
     if pad is None:
         pad = max(1, xtr.shape[-1] // 8)
-    return Dataset(name, xtr.contiguous(), ytr, xte.contiguous(), yte, num_classes, mean, std, pad, flip, root)
+    return Dataset(name, nchw(xtr), ytr, nchw(xte), yte, num_classes, mean, std, pad, flip, root)
 
 
 # ---------------------------------------------------------------------------------------------------- IDX
@@ -261,7 +261,7 @@ def _load_imagefolder(root: str, size: int):
                     with Image.open(p) as im:
                         im = im.convert("RGB").resize((size, size), Image.BILINEAR)
                         xs.append(torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8)
-                                  .reshape(size, size, 3).permute(2, 0, 1))
+                                  .reshape(size, size, 3).permute(2, 0, 1).contiguous())
                 except Exception as e:  # noqa: BLE001 - PIL raises many kinds
                     raise DataError(f"imagefolder: cannot read image {p} ({type(e).__name__}: {e})") from None
                 ys.append(index[c])
@@ -291,14 +291,22 @@ def augment(x: torch.Tensor, pad: int, flip: bool, gen: torch.Generator) -> torc
         xp = torch.nn.functional.pad(x, (pad, pad, pad, pad))
         oy = torch.randint(0, 2 * pad + 1, (b,), generator=gen)
         ox = torch.randint(0, 2 * pad + 1, (b,), generator=gen)
-        rows = (oy[:, None] + torch.arange(h))[:, :, None]  # [B, H, 1]
-        cols = (ox[:, None] + torch.arange(w))[:, None, :]  # [B, 1, W]
-        bi = torch.arange(b)[:, None, None]
-        x = xp.permute(0, 2, 3, 1)[bi, rows, cols].permute(0, 3, 1, 2)  # [B, C, H, W]
+        rows = (oy[:, None] + torch.arange(h)).view(b, 1, h, 1)
+        cols = (ox[:, None] + torch.arange(w)).view(b, 1, 1, w)
+        x = xp[torch.arange(b).view(b, 1, 1, 1), torch.arange(c).view(1, c, 1, 1), rows, cols]  # [B, C, H, W]
     if flip:
         m = torch.rand(b, generator=gen) < 0.5
         x = torch.where(m.view(-1, 1, 1, 1), x.flip(-1), x)
-    return x.contiguous()
+    return nchw(x)
+
+
+def nchw(x: torch.Tensor) -> torch.Tensor:
+    """``x`` with standard NCHW strides. ``.contiguous()`` is not enough: with one channel, channels-last
+    strides also count as contiguous, and CPU convs then run (and propagate) channels_last, where oneDNN
+    (torch 2.14) computes wrong weight gradients for 1x1 stride-2 convs with 2-7 input channels."""
+    if x.stride() == torch.empty(x.shape, device="meta").stride():
+        return x
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device).copy_(x)
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:

@@ -76,8 +76,12 @@ def make_optimizer(args, params):
 def make_scheduler(args, opt, total_steps: int, spe: int):
     """A per-step LR scheduler (milestones of ``multistep`` are in epochs)."""
     if args.schedule == "onecycle":
+        if total_steps < 4:  # too short for the two phases of OneCycleLR: constant LR
+            return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+        # each phase needs >= 1 step (OneCycleLR divides by the phase length)
+        pct = min(max(args.pct_start, 2.0 / total_steps), (total_steps - 2.0) / total_steps)
         return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=total_steps,
-                                                   pct_start=args.pct_start, div_factor=args.div_factor,
+                                                   pct_start=pct, div_factor=args.div_factor,
                                                    final_div_factor=args.final_div_factor)
     if args.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
@@ -236,7 +240,7 @@ def train(args, ds: Dataset, device, log=print):
         sums = torch.zeros(6, dtype=torch.float64, device=device)  # loss, ce, kl, correct_f, correct_s, n
         bar = tqdm(total=spe, desc=f"epoch {epoch + 1}/{args.epochs}", disable=not args.progress,
                    dynamic_ncols=True, leave=False, file=sys.stderr)
-        lam = 0.0
+        lam = lr = 0.0
         for i, (xb, yb) in enumerate(_prefetch(train_batches(ds, args.batch_size, gen, not args.no_augment),
                                                args.workers)):
             lam = lambda_schedule(min(step / total, 1.0), args.lam_schedule, args.lam_scale)
@@ -246,6 +250,7 @@ def train(args, ds: Dataset, device, log=print):
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            lr = sched.get_last_lr()[0]  # the LR this step used
             sched.step()
             step += 1
             with torch.no_grad():
@@ -262,7 +267,7 @@ def train(args, ds: Dataset, device, log=print):
             bar.update(1)
             if args.progress and (i % 20 == 0 or i == spe - 1):
                 s = sums.tolist()
-                bar.set_postfix(loss=f"{s[0] / s[5]:.3f}", lam=f"{lam:.3f}", lr=f"{sched.get_last_lr()[0]:.3g}")
+                bar.set_postfix(loss=f"{s[0] / s[5]:.3f}", lam=f"{lam:.3f}", lr=f"{lr:.3g}")
         bar.close()
         s = sums.tolist()
         n = max(s[5], 1.0)
@@ -274,7 +279,7 @@ def train(args, ds: Dataset, device, log=print):
                "ce": s[1] / n, "kl": s[2] / n if method == "adjoined" else None,
                "train_acc_full": s[3] / n if method != "small" else None,
                "train_acc_small": s[4] / n if method != "standard" else None,
-               "test_acc_full": acc_f, "test_acc_small": acc_s, "lr": sched.get_last_lr()[0],
+               "test_acc_full": acc_f, "test_acc_small": acc_s, "lr": lr,
                "time": dt, "train_time": t_train, "elapsed": elapsed, "step": step}
         history.append(rec)
         with open(metrics_path, "a") as f:

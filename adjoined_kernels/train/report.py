@@ -29,9 +29,11 @@ def count_flops(net, shape) -> int | None:
 
 
 def latency_ms(net, shape, batch: int, device: torch.device, runs: int = 10, warmup: int = 3) -> float | None:
-    """Median wall time (ms) of ``net`` on a ``[batch, *shape]`` input, in eval and inference_mode."""
-    if net is None:
+    """Median wall time (ms) of ``runs`` timed calls of ``net`` on a ``[batch, *shape]`` input, in eval and
+    inference_mode, after ``min(warmup, runs)`` untimed ones. None when ``net`` is None or ``runs`` is 0."""
+    if net is None or runs < 1:
         return None
+    warmup = max(1, min(warmup, runs))
     net = copy.deepcopy(net).to(device).float().eval()
     x = torch.randn(batch, *shape, device=device)
     if device.type == "cuda":
@@ -165,3 +167,49 @@ def plot_curves(history: list, path: str) -> None:
     fig.savefig(tmp, dpi=100)
     plt.close(fig)
     os.replace(tmp, path)
+
+
+def deployable_nets(args, net):
+    """``(full, small)`` plain networks (eval, fp32) of the trained ``net``; None for a missing branch."""
+    from ..export import export_full, export_small
+    if args.method == "adjoined":
+        full, small = export_full(net), export_small(net)
+    elif args.method == "standard":
+        full, small = copy.deepcopy(net), None
+    else:
+        full, small = None, copy.deepcopy(net)
+    return [None if m is None else m.float().eval().to(memory_format=torch.contiguous_format)
+            for m in (full, small)]
+
+
+def finish(args, ds, device, net, history, log=print) -> dict:
+    """Export, measure and report a finished run: summary.json, curves.png, ONNX + .pt, and the table."""
+    out = args.out
+    full, small = deployable_nets(args, net)
+    shape = tuple(ds.x_train.shape[1:])
+    last = history[-1]
+    summary = {"method": args.method, "dataset": ds.name, "arch": args.arch, "epochs": last["epoch"],
+               "acc_full": last["test_acc_full"], "acc_small": last["test_acc_small"],
+               "params_adjoined": count_params(net) if args.method == "adjoined" else None}
+    summary.update(measure(full, small, shape, args.bench_runs))
+    summary["flops_note"] = "per image, torch.utils.flop_counter (2 FLOPs per multiply-add)"
+    summary["train_time_s"] = sum(r["time"] for r in history)
+    deploy_name, deploy = ("full", full) if args.method == "standard" else ("small", small)
+    torch.save(deploy.cpu(), os.path.join(out, f"{deploy_name}.pt"))
+    if not args.no_onnx:
+        path = os.path.join(out, f"{deploy_name}.onnx")
+        try:
+            summary["onnx"] = os.path.basename(path)
+            summary["onnx_max_rel_err"] = export_onnx(deploy, shape, path)
+        except Exception as e:  # noqa: BLE001 - ONNX is a by-product; report, do not lose the run
+            summary["onnx"] = None
+            summary["onnx_error"] = f"{type(e).__name__}: {e}"
+            log(f"warning: ONNX export failed: {summary['onnx_error']}")
+    summary.update({"device": str(device), "backend": args.backend, "amp": bool(args.amp and device.type == "cuda"),
+                    "versions": versions(), "args": vars(args)})
+    write_json(os.path.join(out, "summary.json"), summary)
+    plot_curves(history, os.path.join(out, "curves.png"))
+    log("")
+    log(table(summary))
+    log(f"\ntrained {summary['epochs']} epochs in {summary['train_time_s']:.0f}s; outputs in {out}")
+    return summary

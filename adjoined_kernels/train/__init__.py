@@ -1,0 +1,13 @@
+"""Trainer for adjoined networks: the ``adjoined-train`` command (:mod:`.cli`), in-memory datasets
+(:mod:`.data`), the loop with exact resume (:mod:`.loop`), the backend ``--check`` (:mod:`.check`) and
+reporting (:mod:`.report`). ``python -m adjoined_kernels.train`` runs the command too."""
+from .data import DataError, Dataset, load_dataset
+
+
+def main(argv=None) -> int:
+    """``adjoined-train`` with ``argv`` (default: sys.argv[1:]); returns the exit code."""
+    from .cli import main as _main
+    return _main(argv)
+
+
+__all__ = ["main", "load_dataset", "Dataset", "DataError"]
