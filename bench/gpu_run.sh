@@ -13,7 +13,13 @@ tag="$(date -u +%Y-%m-%d)-$(nvidia-smi --query-gpu=name --format=csv,noheader | 
   python3 -c "import sys, torch, triton; print('python', sys.version.split()[0], 'torch', torch.__version__, 'triton', triton.__version__)"
   git rev-parse HEAD 2>/dev/null || echo "git sha unknown"
 } > "$OUT/$tag-env.txt" 2>&1
-python3 -m pip install -q --no-build-isolation --no-deps -e . > "$OUT/$tag-build.log" 2>&1 || echo "build failed, see build.log"
+# The GPU machine has no network; if pip's editable install cannot run there, build _C in place
+# (tests and benchmarks import the package from the repo root).
+if ! python3 -m pip install -v --no-build-isolation --no-deps -e . > "$OUT/$tag-build.log" 2>&1; then
+  echo "pip install -e . failed there, building in place" | tee -a "$OUT/$tag-build.log"
+  python3 setup.py build_ext --inplace >> "$OUT/$tag-build.log" 2>&1 || echo "build failed, see build.log"
+fi
+python3 -c "import adjoined_kernels as ak; print('backends', ak.available_backends())" 2>&1 | tee -a "$OUT/$tag-env.txt"
 rc=0
 if [ "$what" = tests ] || [ "$what" = all ]; then
   python3 -m pytest -q -rs tests --junitxml="$OUT/$tag-tests.xml" 2>&1 | tee "$OUT/$tag-tests.log" | tail -40
