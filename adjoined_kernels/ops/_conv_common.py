@@ -1,8 +1,7 @@
 """Helpers shared by the fused adjoined-convolution passes (conv_fprop / conv_dgrad / conv_wgrad).
 
 Host side: output sizes, layout handling, dot precision, autotune config spaces (pruned to one config
-under the Triton interpreter, DESIGN §4). Device side: small ``@triton.jit`` building blocks (tile
-swizzle, the matmul step with the interpreter's bf16 upcast).
+under the Triton interpreter, DESIGN §4). Device side: the GROUP_M tile swizzle.
 """
 from __future__ import annotations
 
@@ -69,6 +68,20 @@ def configs(space, interp):
             for bm, bn, bk, w, st in space]
 
 
+def tiny_problem_prune(macs):
+    """Autotune pruner: problems under 2^26 MACs are launch-bound, so they skip tuning and take a
+    64x64x32 tile (one compile per specialisation instead of one per config).
+
+    ``macs(named_args)`` returns the problem's multiply-accumulate count.
+    """
+    def prune(configs, named_args, **kwargs):
+        if macs(named_args) >= 1 << 26:
+            return configs
+        small = [c for c in configs if (c.kwargs["BM"], c.kwargs["BN"], c.kwargs["BK"]) == (64, 64, 32)]
+        return small or configs[:1]
+    return {"early_config_prune": prune}
+
+
 # (BM, BN, BK, warps, stages) for H100/H200 implicit GEMMs with fp32 accumulation.
 GEMM_SPACE = (
     (128, 128, 64, 8, 3),
@@ -79,13 +92,13 @@ GEMM_SPACE = (
     (64, 64, 32, 4, 3),
 )
 
-# Small tiles keep the interpreter fast while still splitting test shapes into several tiles.
-INTERP_GEMM = dict(BM=32, BN=16, BK=16, GROUP_M=2)
+# The interpreter's cost is per operation, not per element: few, large tiles keep it fast.
+INTERP_GEMM = dict(BM=32, BN=32, BK=32, GROUP_M=2)
 
 
 @triton.jit
 def swizzle(pid, num_m, num_n, GROUP_M: tl.constexpr):
-    """Map a linear tile id to (tile_m, tile_n) in GROUP_M-row bands, so neighbours reuse the N operand in L2."""
+    """Linear tile id -> (tile_m, tile_n) in GROUP_M-row bands, so neighbours reuse operands in L2."""
     width = GROUP_M * num_n
     group = pid // width
     first_m = group * GROUP_M
@@ -93,12 +106,3 @@ def swizzle(pid, num_m, num_n, GROUP_M: tl.constexpr):
     tile_m = first_m + (pid % width) % size_m
     tile_n = (pid % width) // size_m
     return tile_m, tile_n
-
-
-@triton.jit
-def mma(a, b, acc, UPCAST: tl.constexpr, PREC: tl.constexpr):
-    """acc += a @ b with fp32 accumulation; under the interpreter both operands go to fp32 first."""
-    if UPCAST:
-        a = a.to(tl.float32)
-        b = b.to(tl.float32)
-    return tl.dot(a, b, acc, input_precision=PREC)

@@ -1,0 +1,311 @@
+"""Fused adjoined convolution, weight and bias gradients (wgrad), in Triton (DESIGN §1).
+
+    dW = wgrad(x_full, dz_full) + wgrad(x_small, dz_small * small_scale)   (second term in [:c_out_s, :c_in_s])
+    db = sum(dz_full) + sum(dz_small * small_scale)                          (second term in [:c_out_s])
+
+Implicit GEMM over NHWC data: M = C_out, N = R·S·C_in, K = N·P·Q. K is long (up to ~10^6), so the
+launch is split-K and deterministic (KERNEL-NOTES "wgrad"):
+
+1. One launch of the main kernel. Its work items are (K-chunk, M-tile, N-tile) of the full problem,
+   followed by those of the small problem; each writes its fp32 partial tile (and, on the first N-tile,
+   its partial column sums of dz for db) to a per-branch workspace slot. No atomics.
+2. A reduction kernel sums the chunks of both branches per element, so tiles inside the prefix block
+   ``[:c_out_s, :c_in_s]`` reduce over both branches in a fixed order, and casts to the weight's dtype.
+
+The chunk count is picked on the host to give about two work items per SM, at least 256 rows each.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from . import _alloc
+from ._conv_common import (GEMM_SPACE, INTERP_GEMM, INTERPRET, UPCAST, channels_last, configs, conv_out_size,
+                           dot_precision, nhwc_strides, swizzle, tiny_problem_prune)
+
+# ----------------------------------------------------------------------------------------------------
+# Kernels
+
+
+@triton.jit
+def _wgrad_tile(x, dz, scale, ws, dbw, chunk, nch, tm, tn, NB, H, W, P, Q, C, Co, R, S,
+                sh, sw, ph, pw, dh, dw, sxn, sxh, sxw, sxc, sdn, sdh, sdw, sdc,
+                FLAT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SCALE: tl.constexpr, UPCAST: tl.constexpr,
+                PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    """Partial dW tile of one branch over K-chunk ``chunk`` of ``nch``, written to ws[chunk].
+
+    Rows are output channels ``co < Co``; columns index the flattened (tap, input channel) axis of
+    ws ``[nch, Co, R*S*C]`` fp32. Tap-major tiles (FLAT false) hold one tap and BN channels, so the
+    image bounds are checked per row; FLAT tiles run over the flattened axis, which fills the tile when
+    C is small, at the cost of per-element bounds. dbw ``[nch, Co]`` gets the tn == 0 tiles' dz sums.
+    """
+    offs_m = tm * BM + tl.arange(0, BM)
+    mmask = offs_m < Co
+    if FLAT:
+        col = tn * BN + tl.arange(0, BN)
+        nmask = col < R * S * C
+        tap = col // C
+        ci = col - tap * C
+        r = tap // S
+        s = tap - r * S
+        rd = (r * dh)[None, :]
+        sd = (s * dw)[None, :]
+    else:
+        nnc = tl.cdiv(C, BN)
+        tap = tn // nnc
+        ci = (tn - tap * nnc) * BN + tl.arange(0, BN)
+        nmask = ci < C
+        col = tap * C + ci
+        r = tap // S
+        s = tap - r * S
+        rd = r * dh
+        sd = s * dw
+    coff = (r * dh * sxh + s * dw * sxw + ci * sxc)[None, :]
+    if HAS_SCALE:
+        sc = tl.load(scale + offs_m, mask=mmask, other=0.0).to(tl.float32)
+    K = NB * P * Q
+    kch = tl.cdiv(tl.cdiv(K, nch), BK) * BK
+    k_lo = chunk * kch
+    k_hi = tl.minimum(k_lo + kch, K)
+    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    dbacc = tl.zeros((BM,), dtype=tl.float32)
+    for k0 in range(k_lo, k_hi, BK):
+        rows = k0 + tl.arange(0, BK)
+        rok = rows < k_hi
+        n = rows // (P * Q)
+        pq = rows - n * (P * Q)
+        p = pq // Q
+        q = pq - p * Q
+        a = tl.load(dz + (n.to(tl.int64) * sdn + p * sdh + q * sdw)[None, :] + offs_m[:, None] * sdc,
+                    mask=mmask[:, None] & rok[None, :], other=0.0)
+        if HAS_SCALE:
+            af = a.to(tl.float32) * sc[:, None]
+            a = af.to(dz.dtype.element_ty)
+        else:
+            af = a.to(tl.float32)
+        if HAS_BIAS:
+            dbacc += tl.sum(af, axis=1)
+        hb = p * sh - ph
+        wb = q * sw - pw
+        h = hb[:, None] + rd
+        w = wb[:, None] + sd
+        valid = rok[:, None] & (h >= 0) & (h < H) & (w >= 0) & (w < W)
+        xrow = (n.to(tl.int64) * sxn + hb * sxh + wb * sxw)[:, None]
+        b = tl.load(x + xrow + coff, mask=valid & nmask[None, :], other=0.0)
+        if UPCAST:
+            a = a.to(tl.float32)
+            b = b.to(tl.float32)
+        acc = tl.dot(a, b, acc, input_precision=PREC)
+    RSC = R * S * C
+    out = ws + chunk.to(tl.int64) * Co * RSC + offs_m[:, None] * RSC + col[None, :]
+    tl.store(out, acc, mask=mmask[:, None] & nmask[None, :])
+    if HAS_BIAS:
+        tl.store(dbw + chunk * Co + offs_m, dbacc, mask=mmask & (tn == 0))
+
+
+@triton.jit
+def _n_tiles(R, S, C, FLAT: tl.constexpr, BN: tl.constexpr):
+    """Column tiles of one branch: over the flattened (tap, channel) axis, or per tap."""
+    if FLAT:
+        return tl.cdiv(R * S * C, BN)
+    return R * S * tl.cdiv(C, BN)
+
+
+def _macs(a):
+    return a["N1"] * a["P1"] * a["Q1"] * a["C_out"] * a["R"] * a["S"] * a["C_in"]
+
+
+@triton.autotune(configs=configs(GEMM_SPACE, INTERP_GEMM), prune_configs_by=tiny_problem_prune(_macs),
+                 key=["N1", "P1", "Q1", "N2", "P2", "Q2", "C_in", "c_in_s", "C_out", "c_out_s", "R", "S",
+                      "nch1", "nch2", "HAS_BIAS", "HAS_SCALE", "PREC"])
+@triton.jit
+def _wgrad_kernel(xf, xs, dzf, dzs, scale, ws1, ws2, dbw1, dbw2,
+                  N1, H1, W1, P1, Q1, N2, H2, W2, P2, Q2, C_in, c_in_s, C_out, c_out_s, R, S,
+                  sh, sw, ph, pw, dh, dw, nch1, nch2,
+                  sxf_n, sxf_h, sxf_w, sxf_c, sxs_n, sxs_h, sxs_w, sxs_c,
+                  sdf_n, sdf_h, sdf_w, sdf_c, sds_n, sds_h, sds_w, sds_c,
+                  FLAT1: tl.constexpr, FLAT2: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SCALE: tl.constexpr,
+                  UPCAST: tl.constexpr, PREC: tl.constexpr,
+                  BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr):
+    pid = tl.program_id(0)
+    nm1 = tl.cdiv(C_out, BM)
+    nn1 = _n_tiles(R, S, C_in, FLAT1, BN)
+    if pid < nch1 * nm1 * nn1:
+        # Consecutive programs share a K-chunk, so its x and dz rows stay in L2.
+        tm, tn = swizzle(pid % (nm1 * nn1), nm1, nn1, GROUP_M)
+        _wgrad_tile(xf, dzf, scale, ws1, dbw1, pid // (nm1 * nn1), nch1, tm, tn, N1, H1, W1, P1, Q1,
+                    C_in, C_out, R, S, sh, sw, ph, pw, dh, dw, sxf_n, sxf_h, sxf_w, sxf_c,
+                    sdf_n, sdf_h, sdf_w, sdf_c, FLAT1, HAS_BIAS, False, UPCAST, PREC, BM, BN, BK)
+    else:
+        t = pid - nch1 * nm1 * nn1
+        nm2 = tl.cdiv(c_out_s, BM)
+        nn2 = _n_tiles(R, S, c_in_s, FLAT2, BN)
+        tm, tn = swizzle(t % (nm2 * nn2), nm2, nn2, GROUP_M)
+        _wgrad_tile(xs, dzs, scale, ws2, dbw2, t // (nm2 * nn2), nch2, tm, tn, N2, H2, W2, P2, Q2,
+                    c_in_s, c_out_s, R, S, sh, sw, ph, pw, dh, dw, sxs_n, sxs_h, sxs_w, sxs_c,
+                    sds_n, sds_h, sds_w, sds_c, FLAT2, HAS_BIAS, HAS_SCALE, UPCAST, PREC, BM, BN, BK)
+
+
+@triton.jit
+def _reduce_kernel(ws1, ws2, out, nch1, nch2, Co, co_s, T, C, c_s, S, so_o, so_i, so_r, so_s,
+                   BLOCK: tl.constexpr):
+    """out[co, ci, r, s] = sum_c ws1[c, co, t, ci] + [co < co_s and ci < c_s] sum_c ws2[c, co, t, ci], t = r*S+s.
+
+    ws1 is ``[nch1, Co, T, C]`` and ws2 ``[nch2, co_s, T, c_s]``, fp32; chunks are summed in order.
+    """
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    size1 = Co * T * C
+    mask = offs < size1
+    co = offs // (T * C)
+    tc = offs % (T * C)
+    t = tc // C
+    ci = tc % C
+    acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    for c in range(0, nch1):
+        acc += tl.load(ws1 + c * size1 + offs, mask=mask, other=0.0)
+    mask2 = mask & (co < co_s) & (ci < c_s)
+    offs2 = co * (T * c_s) + t * c_s + ci
+    size2 = co_s * T * c_s
+    for c in range(0, nch2):
+        acc += tl.load(ws2 + c * size2 + offs2, mask=mask2, other=0.0)
+    dst = out + co * so_o + ci * so_i + (t // S) * so_r + (t % S) * so_s
+    tl.store(dst, acc.to(out.dtype.element_ty), mask=mask)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Launchers
+
+REDUCE_BLOCK = 256 if INTERPRET else 1024
+
+# Branches with fewer input channels use FLAT tiles over (tap, channel) rather than one tap per tile.
+FLAT_BELOW = 32
+
+
+def _n_tiles_host(taps, c, flat, bn):
+    return triton.cdiv(taps * c, bn) if flat else taps * triton.cdiv(c, bn)
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def _splits(k1, k2, tiles1, tiles2, device):
+    """K-chunks per branch: equal-work items, about two per SM, each at least 256 rows long.
+
+    Under the interpreter (cost per program, not per element) two chunks per branch keep split-K exercised.
+    """
+    if device.type != "cuda" or INTERPRET:
+        return min(2, triton.cdiv(k1, 64)) or 1, min(2, triton.cdiv(k2, 64)) or 1
+    work = tiles1 * k1 + tiles2 * k2
+    kch = max(256, triton.cdiv(work, 2 * _sm_count(device.index or 0)))
+    return max(1, triton.cdiv(k1, kch)), max(1, triton.cdiv(k2, kch))
+
+
+def _reduce(ws1, ws2, out, nch1, nch2, co, co_s, taps, c, c_s, s, strides):
+    grid = (triton.cdiv(co * taps * c, REDUCE_BLOCK),)
+    _reduce_kernel[grid](ws1, ws2, out, nch1, nch2, co, co_s, taps, c, c_s, s, *strides, BLOCK=REDUCE_BLOCK)
+
+
+def _wgrad_launch(x_full, x_small, dz_full, dz_small, small_scale, kernel_size, stride, padding, dilation,
+                  need_bias):
+    xf, xs, dzf, dzs = (channels_last(t) for t in (x_full, x_small, dz_full, dz_small))
+    (N1, C_in, H1, W1), (N2, c_in_s, H2, W2) = xf.shape, xs.shape
+    C_out, c_out_s = dzf.shape[1], dzs.shape[1]
+    R, S = kernel_size
+    dev, f32 = xf.device, torch.float32
+    dw = _alloc.empty((C_out, C_in, R, S), dtype=xf.dtype, device=dev)
+    db = _alloc.empty((C_out,) if need_bias else (0,), dtype=xf.dtype, device=dev)
+    nominal = 32 if INTERPRET else 128  # tile edge used only to size the split
+    k1, k2 = N1 * dzf.shape[2] * dzf.shape[3], N2 * dzs.shape[2] * dzs.shape[3]
+    nch1, nch2 = _splits(k1, k2, triton.cdiv(C_out, nominal) * triton.cdiv(R * S * C_in, nominal),
+                         triton.cdiv(c_out_s, nominal) * triton.cdiv(R * S * c_in_s, nominal), dev)
+    ws1 = _alloc.empty((nch1, C_out, R * S * C_in), dtype=f32, device=dev)
+    ws2 = _alloc.empty((nch2, c_out_s, R * S * c_in_s), dtype=f32, device=dev)
+    dbw1 = _alloc.empty((nch1, C_out) if need_bias else (1,), dtype=f32, device=dev)
+    dbw2 = _alloc.empty((nch2, c_out_s) if need_bias else (1,), dtype=f32, device=dev)
+
+    flat1, flat2 = C_in < FLAT_BELOW, c_in_s < FLAT_BELOW
+
+    def grid(meta):
+        bm, bn = meta["BM"], meta["BN"]
+        t1 = triton.cdiv(C_out, bm) * _n_tiles_host(R * S, C_in, flat1, bn)
+        t2 = triton.cdiv(c_out_s, bm) * _n_tiles_host(R * S, c_in_s, flat2, bn)
+        return (nch1 * t1 + nch2 * t2,)
+
+    _wgrad_kernel[grid](
+        xf, xs, dzf, dzs, ws1 if small_scale is None else small_scale, ws1, ws2, dbw1, dbw2,
+        N1, H1, W1, dzf.shape[2], dzf.shape[3], N2, H2, W2, dzs.shape[2], dzs.shape[3],
+        C_in, c_in_s, C_out, c_out_s, R, S, *stride, *padding, *dilation, nch1, nch2,
+        *nhwc_strides(xf), *nhwc_strides(xs), *nhwc_strides(dzf), *nhwc_strides(dzs),
+        FLAT1=flat1, FLAT2=flat2, HAS_BIAS=need_bias, HAS_SCALE=small_scale is not None, UPCAST=UPCAST,
+        PREC=dot_precision(xf.dtype))
+    _reduce(ws1, ws2, dw, nch1, nch2, C_out, c_out_s, R * S, C_in, c_in_s, S, dw.stride())
+    if need_bias:
+        _reduce(dbw1, dbw2, db, nch1, nch2, C_out, c_out_s, 1, 1, 1, 1, (db.stride(0), 0, 0, 0))
+    return dw, db
+
+
+# ----------------------------------------------------------------------------------------------------
+# Op registration and reference
+
+
+def _check_geometry(x_full, dz_full, kernel_size, stride, padding, dilation):
+    """Raise ValueError when dz's spatial size does not match the convolution of x (a caller bug)."""
+    for d in range(2):
+        want = conv_out_size(x_full.shape[2 + d], kernel_size[d], stride[d], padding[d], dilation[d])
+        if dz_full.shape[2 + d] != want:
+            raise ValueError(f"dz_full has spatial size {tuple(dz_full.shape[2:])}, but the convolution of x_full "
+                             f"{tuple(x_full.shape[2:])} gives {want} along dim {2 + d}")
+
+
+@torch.library.custom_op("adjoined::conv2d_wgrad", mutates_args=())
+def conv2d_wgrad(x_full: torch.Tensor, x_small: torch.Tensor, dz_full: torch.Tensor, dz_small: torch.Tensor,
+                 small_scale: Optional[torch.Tensor], kernel_size: list[int], stride: list[int],
+                 padding: list[int], dilation: list[int], need_bias: bool
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weight (and bias) gradient summed over both branches: one split-K launch plus a reduction (DESIGN §1).
+
+    Args:
+        x_full ``[N1, C_in, H1, W1]``, x_small ``[N2, c_in_s, H2, W2]``, dz_full ``[N1, C_out, P1, Q1]``,
+        dz_small ``[N2, c_out_s, P2, Q2]``, small_scale ``[c_out_s]`` or None; one dtype and device.
+        kernel_size, stride, padding, dilation: pairs. need_bias: also compute db.
+
+    Returns:
+        ``(dW [C_out, C_in, kh, kw] contiguous, db [C_out])``; db is an empty ``[0]`` tensor unless
+        ``need_bias``. Accumulation is fp32 and deterministic (no atomics).
+
+    Raises:
+        ValueError: dz's spatial size does not match the convolution geometry.
+    """
+    _check_geometry(x_full, dz_full, kernel_size, stride, padding, dilation)
+    _check_geometry(x_small, dz_small, kernel_size, stride, padding, dilation)
+    return _wgrad_launch(x_full, x_small, dz_full, dz_small, small_scale, tuple(kernel_size), tuple(stride),
+                         tuple(padding), tuple(dilation), need_bias)
+
+
+@conv2d_wgrad.register_fake
+def _(x_full, x_small, dz_full, dz_small, small_scale, kernel_size, stride, padding, dilation, need_bias):
+    c_out = dz_full.shape[1]
+    dw = x_full.new_empty((c_out, x_full.shape[1], kernel_size[0], kernel_size[1]))
+    return dw, x_full.new_empty((c_out,) if need_bias else (0,))
+
+
+def conv2d_wgrad_ref(x_full, x_small, dz_full, dz_small, small_scale, kernel_size, stride, padding, dilation,
+                     need_bias):
+    """PyTorch reference of :func:`conv2d_wgrad` (torch.nn.grad.conv2d_weight)."""
+    c_out_s, c_in_s = dz_small.shape[1], x_small.shape[1]
+    if small_scale is not None:
+        dz_small = dz_small * small_scale.view(1, -1, 1, 1)
+    c_out, c_in = dz_full.shape[1], x_full.shape[1]
+    dw = torch.nn.grad.conv2d_weight(x_full, (c_out, c_in, *kernel_size), dz_full, stride, padding, dilation)
+    dws = torch.nn.grad.conv2d_weight(x_small, (c_out_s, c_in_s, *kernel_size), dz_small, stride, padding,
+                                      dilation)
+    dw[:c_out_s, :c_in_s] += dws
+    db = dz_full.sum((0, 2, 3))
+    db[:c_out_s] += dz_small.sum((0, 2, 3))
+    return dw, (db if need_bias else db.new_empty((0,)))

@@ -1,0 +1,369 @@
+"""Fused Triton adjoined convolution (backend="triton"): forward and every gradient against a float64
+reference, weight sharing on/off, op registration (opcheck), dispatch and torch.compile.
+
+Without a GPU the kernels run in the Triton interpreter on tiny shapes (conftest sets TRITON_INTERPRET=1
+and NaN-poisons every output buffer); with one, the same tests run on CUDA, plus a larger-shape test.
+"""
+from __future__ import annotations
+
+import contextlib
+import random
+
+import pytest
+import torch
+
+import adjoined_kernels as ak
+from adjoined_kernels.ops.adjoined_conv2d import adjoined_conv2d_ref
+
+triton_ops = pytest.importorskip("adjoined_kernels.ops.conv_fprop", reason="triton is not installed")
+from adjoined_kernels.ops.conv_dgrad import conv2d_dgrad, conv2d_dgrad_ref  # noqa: E402
+from adjoined_kernels.ops.conv_fprop import (adjoined_conv2d_triton, conv2d_fprop,  # noqa: E402
+                                             conv2d_fprop_ref)
+from adjoined_kernels.ops.conv_wgrad import conv2d_wgrad, conv2d_wgrad_ref  # noqa: E402
+
+pytestmark = pytest.mark.skipif("triton" not in ak.available_backends(),
+                                reason="backend='triton' needs a CUDA GPU or TRITON_INTERPRET=1")
+
+CL = torch.channels_last
+# Error floor relative to the reference's largest magnitude: one rounding of the output (the
+# interpreter truncates to bf16 instead of rounding, so bf16 gets two ulps) plus accumulation-order noise.
+FLOOR = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+GRAD_NAMES = ("x_full", "x_small", "weight", "bias", "small_scale")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Case generation
+
+
+def make_case(seed: int) -> dict:
+    """A random configuration; the seed cycles deterministically through the coverage list.
+
+    Kernel sizes 1/3/5/7, strides 1-3, dilation 1-2, padding, c_in_s in {1, C_in/alpha, C_in}, branch batch
+    and spatial sizes that differ, bias and small_scale on/off, NCHW / channels_last / non-contiguous.
+    Every 6th case is wide (C > 32: several channel tiles, pairing boundaries), mostly with a 1x1 kernel.
+    """
+    rng = random.Random(seed)
+    wide = seed % 6 == 5
+    k = (3 if (seed // 6) % 3 == 0 else 1) if wide else (1, 3, 5, 7)[seed % 4]
+    kernel = (k, k) if seed % 5 else (k, rng.choice((1, 3)))
+    stride = (1 + seed % 3, 1 + (seed // 3) % 3) if seed % 4 else (1 + seed % 3,) * 2
+    dilation = (1 + (seed // 2) % 2, 1 + (seed // 4) % 2) if k < 7 else (1, 1 + (seed // 4) % 2)
+    padding = tuple(rng.randint(0, dilation[d] * (kernel[d] - 1) // 2 + 1) for d in range(2))
+    c_in = rng.choice((40, 48)) if wide else rng.choice((4, 6, 8, 12))
+    c_out = rng.choice((36, 40)) if wide else rng.choice((4, 8, 12))
+    alpha = rng.choice((2, 4))
+    c_in_s = (1, c_in // alpha, c_in)[seed % 3]
+    c_out_s = (c_out // alpha, 1, c_out)[(seed // 3) % 3]
+
+    def spatial():
+        # at least stride + 2 pixels, so every branch has pixels that receive a gradient
+        need = [max(stride[d] + 2, dilation[d] * (kernel[d] - 1) + 1 - 2 * padding[d]) for d in range(2)]
+        extra = 1 if wide or k >= 5 else 4
+        return tuple(n + rng.randint(0, extra) for n in need)
+
+    return dict(n1=rng.randint(1, 2), n2=rng.randint(1, 3), hw1=spatial(), hw2=spatial(), c_in=c_in,
+                c_in_s=c_in_s, c_out=c_out, c_out_s=c_out_s, kernel=kernel, stride=stride, padding=padding,
+                dilation=dilation, bias=seed % 4 != 1, scale=(None, "grad", "fixed")[seed % 3],
+                layout=("nchw", "channels_last", "noncontig")[(seed // 2) % 3])
+
+
+def _tensor(shape, layout, device, gen, scale=1.0):
+    """Random float64 tensor in the requested memory layout (values never all zero)."""
+    if layout == "noncontig":
+        n, c, h, w = shape
+        big = torch.randn((n, c + 3, h, 2 * w), generator=gen, dtype=torch.float64) * scale
+        t = big.to(device)[:, 1:c + 1, :, ::2]
+    else:
+        t = (torch.randn(shape, generator=gen, dtype=torch.float64) * scale).to(device)
+        if layout == "channels_last":
+            t = t.contiguous(memory_format=CL)
+    return t
+
+
+def make_inputs(case: dict, device, seed: int) -> dict:
+    """float64 inputs and upstream gradients for ``case`` (layouts as requested)."""
+    gen = torch.Generator().manual_seed(1000 + seed)
+    lay = case["layout"]
+    kh, kw = case["kernel"]
+    x_full = _tensor((case["n1"], case["c_in"], *case["hw1"]), lay, device, gen)
+    x_small = _tensor((case["n2"], case["c_in_s"], *case["hw2"]), lay, device, gen)
+    w_layout = "noncontig" if lay == "noncontig" else "nchw"
+    weight = _tensor((case["c_out"], case["c_in"], kh, kw), w_layout, device, gen,
+                     scale=(case["c_in"] * kh * kw) ** -0.5)
+    bias = torch.randn(case["c_out"], generator=gen, dtype=torch.float64).to(device) if case["bias"] else None
+    scale = None
+    if case["scale"]:
+        scale = (0.5 + torch.rand(case["c_out_s"], generator=gen, dtype=torch.float64)).to(device)
+    out = adjoined_conv2d_ref(x_full, x_small, weight, bias, case["stride"], case["padding"], case["dilation"],
+                              case["c_out_s"], scale)
+    grads = tuple(_tensor(z.shape, lay, device, gen) for z in out)
+    return dict(x_full=x_full, x_small=x_small, weight=weight, bias=bias, small_scale=scale, grads=grads)
+
+
+def _leaves(inputs: dict, dtype, case: dict) -> dict:
+    """Leaf copies in ``dtype`` that keep the layout; small_scale needs grad only when case says 'grad'."""
+    out = {}
+    for name in GRAD_NAMES:
+        t = inputs[name]
+        if t is None:
+            out[name] = None
+            continue
+        c = torch.empty_strided(t.shape, t.stride(), dtype=dtype, device=t.device)
+        c.copy_(t)
+        out[name] = c.requires_grad_(name != "small_scale" or case["scale"] == "grad")
+    return out
+
+
+def run_conv(case: dict, leaves: dict, grads, fn):
+    """Forward ``fn`` and the gradients of sum(z * g) for every leaf that requires grad."""
+    z = fn(leaves["x_full"], leaves["x_small"], leaves["weight"], leaves["bias"], case["stride"],
+           case["padding"], case["dilation"], case["c_out_s"], leaves["small_scale"])
+    names = [n for n in GRAD_NAMES if leaves[n] is not None and leaves[n].requires_grad]
+    g = [gr.to(z[0].dtype) for gr in grads]
+    dx = torch.autograd.grad(z, [leaves[n] for n in names], g)
+    return z, dict(zip(names, dx))
+
+
+def _triton_fn(share=True):
+    def fn(*args):
+        return adjoined_conv2d_triton(*args, share_weights=share)
+    return fn
+
+
+def _ref_fn(*args):
+    return adjoined_conv2d_ref(*args)
+
+
+@contextlib.contextmanager
+def no_tf32():
+    """fp32 convolutions in full precision, for torch and for the kernels (they follow cuDNN's flag)."""
+    old = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32 = old
+
+
+def assert_close_to_ref(what, got, ref64, base, dtype):
+    """|got - ref| <= 2 |base - ref| + FLOOR * max|ref| (flash-attention's rule, DESIGN §3)."""
+    mag = ref64.abs().max().item()
+    assert mag > 0, f"{what}: the reference is all zeros, the test would prove nothing"
+    assert got.shape == ref64.shape, f"{what}: shape {tuple(got.shape)} != {tuple(ref64.shape)}"
+    err = (got.double() - ref64).abs().max().item()
+    base_err = (base.double() - ref64).abs().max().item()
+    tol = 2 * base_err + FLOOR[dtype] * mag
+    assert err <= tol, f"{what}: max error {err:.3g} > tol {tol:.3g} (torch baseline {base_err:.3g}, |ref| {mag:.3g})"
+
+
+def check_case(case: dict, dtype, device, seed: int, share=True):
+    inputs = make_inputs(case, device, seed)
+    ref_z, ref_g = run_conv(case, _leaves(inputs, torch.float64, case), inputs["grads"], _ref_fn)
+    # Baseline: torch in the same low precision where the device supports it, else fp32 (DESIGN §3).
+    base_dtype = dtype if device == "cuda" else torch.float32
+    with no_tf32():
+        base_z, base_g = run_conv(case, _leaves(inputs, base_dtype, case), inputs["grads"], _ref_fn)
+        z, g = run_conv(case, _leaves(inputs, dtype, case), inputs["grads"], _triton_fn(share))
+    for name, got, ref, base in zip(("z_full", "z_small"), z, ref_z, base_z):
+        assert got.dtype == dtype
+        assert_close_to_ref(name, got, ref, base, dtype)
+    assert set(g) == set(ref_g)
+    for name in g:
+        assert_close_to_ref("d " + name, g[name], ref_g[name], base_g[name], dtype)
+    # Memory formats follow F.conv2d and its autograd (a 1-channel tensor is both formats: ties go to NCHW).
+    for name, t, ref in (("z_full", z[0], ref_z[0]), ("z_small", z[1], ref_z[1]),
+                         ("d x_full", g["x_full"], ref_g["x_full"]), ("d x_small", g["x_small"], ref_g["x_small"])):
+        for fmt in (torch.contiguous_format, CL):
+            assert t.is_contiguous(memory_format=fmt) == ref.is_contiguous(memory_format=fmt), \
+                f"{name} has strides {t.stride()}, F.conv2d gives {ref.stride()}"
+
+
+# ----------------------------------------------------------------------------------------------------
+# Forward and gradients against float64
+
+
+@pytest.mark.parametrize("seed", range(18))
+def test_random_fp32(seed, device):
+    check_case(make_case(seed), torch.float32, device, seed)
+
+
+@pytest.mark.parametrize("seed", range(100, 106))
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_random_low_precision(seed, dtype, device):
+    check_case(make_case(seed), dtype, device, seed)
+
+
+EDGE_CASES = {
+    # first adjoined layer: the small branch reads the full-width tensor
+    "c_in_s_eq_C_in": dict(n1=2, n2=2, hw1=(5, 5), hw2=(5, 5), c_in=6, c_in_s=6, c_out=8, c_out_s=2,
+                           kernel=(3, 3), stride=(1, 1), padding=(1, 1), dilation=(1, 1), bias=True,
+                           scale="grad", layout="channels_last"),
+    # one small channel in and out; stride larger than the kernel leaves input pixels without gradient
+    "single_channel_stride_gt_kernel": dict(n1=1, n2=2, hw1=(7, 8), hw2=(5, 4), c_in=3, c_in_s=1, c_out=5,
+                                            c_out_s=1, kernel=(1, 2), stride=(3, 3), padding=(0, 1),
+                                            dilation=(1, 1), bias=False, scale=None, layout="nchw"),
+    # more small rows than full rows: small-only tiles beyond the paired ones
+    "small_batch_larger": dict(n1=1, n2=3, hw1=(4, 4), hw2=(6, 6), c_in=8, c_in_s=4, c_out=8, c_out_s=4,
+                               kernel=(3, 3), stride=(1, 1), padding=(1, 1), dilation=(1, 1), bias=True,
+                               scale="fixed", layout="nchw"),
+    # tap-major weight-gradient tiles on both branches (C >= 32), several tiles per tap
+    "wide_3x3_strided": dict(n1=1, n2=1, hw1=(5, 5), hw2=(4, 6), c_in=32, c_in_s=32, c_out=34, c_out_s=17,
+                             kernel=(3, 3), stride=(2, 2), padding=(1, 1), dilation=(1, 1), bias=True,
+                             scale="grad", layout="channels_last"),
+}
+
+
+@pytest.mark.parametrize("name", list(EDGE_CASES))
+def test_edge_cases(name, device):
+    check_case(EDGE_CASES[name], torch.float32, device, seed=7)
+
+
+@pytest.mark.parametrize("seed", [1, 9, 11])
+def test_share_weights_on_off_agree(seed, device):
+    """Sharing changes who loads a weight tile, not the maths: results agree to fp32 rounding."""
+    case = make_case(seed)
+    inputs = make_inputs(case, device, seed)
+    on = run_conv(case, _leaves(inputs, torch.float32, case), inputs["grads"], _triton_fn(True))
+    off = run_conv(case, _leaves(inputs, torch.float32, case), inputs["grads"], _triton_fn(False))
+    for a, b in zip(on[0], off[0]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    for name in on[1]:
+        torch.testing.assert_close(on[1][name], off[1][name], rtol=1e-5, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The ops themselves: references, opcheck, errors
+
+
+def _op_args(device, dtype=torch.float32, requires_grad=False, bias=True, scale=True, k=3):
+    """Small op inputs: x_full [2, 6, 5, 5], x_small [1, 3, 4, 6], weight [8, 6, k, k]; c_out_s = 4."""
+    g = torch.Generator().manual_seed(0)
+
+    def r(*shape):
+        return torch.randn(shape, generator=g).to(device=device, dtype=dtype).requires_grad_(requires_grad)
+
+    xf, xs, w = r(2, 6, 5, 5), r(1, 3, 4, 6), r(8, 6, k, k)
+    b = r(8) if bias else None
+    sc = r(4) if scale else None
+    return xf, xs, w, b, sc
+
+
+def test_fprop_op_matches_ref(device):
+    xf, xs, w, b, sc = _op_args(device)
+    args = (xf, xs, w, b, sc, [2, 1], [1, 0], [1, 2], 4, True, True)
+    for got, ref in zip(conv2d_fprop(*args), conv2d_fprop_ref(*args)):
+        torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+        assert got.is_contiguous(memory_format=CL)
+
+
+def test_dgrad_wgrad_ops_match_ref(device):
+    xf, xs, w, b, sc = _op_args(device)
+    zf, zs, _ = conv2d_fprop_ref(xf, xs, w, b, sc, [2, 1], [1, 0], [1, 2], 4)
+    dzf, dzs = torch.randn_like(zf), torch.randn_like(zs)
+    d_args = (dzf, dzs, w, sc, [5, 5, 4, 6], 3, [2, 1], [1, 0], [1, 2], True)
+    for got, ref in zip(conv2d_dgrad(*d_args), conv2d_dgrad_ref(*d_args)):
+        torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+    w_args = (xf, xs, dzf, dzs, sc, [3, 3], [2, 1], [1, 0], [1, 2], True)
+    for got, ref in zip(conv2d_wgrad(*w_args), conv2d_wgrad_ref(*w_args)):
+        torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("bias,scale", [(True, True), (False, False)])
+def test_opcheck_fprop(bias, scale, device):
+    xf, xs, w, b, sc = _op_args(device, requires_grad=True, bias=bias, scale=scale, k=1)
+    args = (xf, xs, w, b, sc, [1, 2], [1, 0], [1, 1], 4, scale, True)
+    torch.library.opcheck(torch.ops.adjoined.conv2d_fprop.default, args)
+
+
+def test_opcheck_dgrad_wgrad(device):
+    xf, xs, w, b, sc = _op_args(device, k=1)
+    zf, zs, _ = conv2d_fprop_ref(xf, xs, w, b, sc, [1, 2], [1, 0], [1, 1], 4)
+    dzf, dzs = torch.randn_like(zf), torch.randn_like(zs)
+    torch.library.opcheck(torch.ops.adjoined.conv2d_dgrad.default,
+                          (dzf, dzs, w, sc, [5, 5, 4, 6], 3, [1, 2], [1, 0], [1, 1], False))
+    torch.library.opcheck(torch.ops.adjoined.conv2d_wgrad.default,
+                          (xf, xs, dzf, dzs, None, [1, 1], [1, 2], [1, 0], [1, 1], True))
+
+
+def test_wgrad_rejects_mismatched_geometry(device):
+    xf, xs, w, b, sc = _op_args(device)
+    zf, zs, _ = conv2d_fprop_ref(xf, xs, w, b, sc, [1, 1], [1, 1], [1, 1], 4)
+    with pytest.raises(ValueError, match="dz_full has spatial size"):
+        conv2d_wgrad(xf, xs, zf, zs, None, [3, 3], [2, 2], [1, 1], [1, 1], False)
+
+
+def test_scale_grad_needs_saved_pre_scale_output(device):
+    xf, xs, w, b, sc = _op_args(device, requires_grad=True)
+    zf, zs, _ = conv2d_fprop(xf, xs, w, b, sc, [1, 1], [1, 1], [1, 1], 4, False, True)
+    with pytest.raises(RuntimeError, match="save_pre=True"):
+        torch.autograd.grad(zs.sum(), sc)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Dispatch and compile
+
+
+class _OpRecorder(torch.utils._python_dispatch.TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def test_public_api_dispatches_to_the_triton_ops(device):
+    xf, xs, w, b, sc = _op_args(device, requires_grad=True)
+    with _OpRecorder() as rec:
+        zf, zs = ak.adjoined_conv2d(xf, xs, w, b, padding=1, small_out_channels=4, small_scale=sc,
+                                    backend="triton")
+        (zf.sum() + zs.sum()).backward()
+    assert "adjoined.conv2d_fprop.default" in rec.names
+    assert "adjoined.conv2d_dgrad.default" in rec.names
+    assert "adjoined.conv2d_wgrad.default" in rec.names
+    ref = ak.adjoined_conv2d(xf, xs, w, b, padding=1, small_out_channels=4, small_scale=sc, backend="reference")
+    torch.testing.assert_close(zf, ref[0], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(zs, ref[1], rtol=1e-4, atol=1e-4)
+
+
+def test_torch_compile_fullgraph(device):
+    xf, xs, w, b, sc = _op_args(device, requires_grad=True)
+
+    def f(xf, xs, w, b, sc):
+        zf, zs = adjoined_conv2d_triton(xf, xs, w, b, (1, 1), (1, 1), (1, 1), 4, sc)
+        return (zf * zf).sum() + (zs * zs).sum()
+
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager" if device == "cpu" else "inductor")
+    loss = compiled(xf, xs, w, b, sc)
+    grads = torch.autograd.grad(loss, (xf, xs, w, b, sc))
+    ref_loss = f(xf, xs, w, b, sc)
+    ref_grads = torch.autograd.grad(ref_loss, (xf, xs, w, b, sc))
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-4, atol=1e-4)
+    for a, r in zip(grads, ref_grads):
+        torch.testing.assert_close(a, r, rtol=1e-4, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------------------------------
+# GPU only: realistic shapes
+
+
+LARGE = [
+    # ResNet stage-3-like 3x3, alpha=4, small branch on compact channels
+    dict(n1=16, n2=16, hw1=(28, 28), hw2=(28, 28), c_in=128, c_in_s=32, c_out=128, c_out_s=32, kernel=(3, 3),
+         stride=(1, 1), padding=(1, 1), dilation=(1, 1), bias=False, scale=None, layout="channels_last"),
+    # strided downsample 1x1, first adjoined layer (c_in_s = C_in), DAN gate
+    dict(n1=16, n2=16, hw1=(56, 56), hw2=(56, 56), c_in=64, c_in_s=64, c_out=128, c_out_s=32, kernel=(1, 1),
+         stride=(2, 2), padding=(0, 0), dilation=(1, 1), bias=True, scale="grad", layout="channels_last"),
+    # 7x7 stride-2 stem-like conv with 3 input channels, NCHW input
+    dict(n1=8, n2=8, hw1=(64, 64), hw2=(64, 64), c_in=3, c_in_s=3, c_out=64, c_out_s=16, kernel=(7, 7),
+         stride=(2, 2), padding=(3, 3), dilation=(1, 1), bias=False, scale=None, layout="nchw"),
+]
+
+
+@pytest.mark.parametrize("idx", range(len(LARGE)))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=["fp32", "fp16", "bf16"])
+def test_large_shapes_cuda(idx, dtype, device):
+    if device != "cuda":
+        pytest.skip("realistic shapes are too slow for the Triton interpreter; runs on CUDA only")
+    check_case(LARGE[idx], dtype, device, seed=idx)
