@@ -299,6 +299,28 @@ def test_scale_grad_needs_saved_pre_scale_output(device):
         torch.autograd.grad(zs.sum(), sc)
 
 
+def test_autotune_prune_keeps_configs_that_fit():
+    """GPU config pruning (the interpreter has one config): shared memory and tiny-problem rules."""
+    import triton
+
+    from adjoined_kernels.ops._conv_common import GEMM_SPACE, SMEM_BUDGET, gemm_prune, shared_a_tiles
+
+    space = [triton.Config(dict(BM=m, BN=n, BK=k, GROUP_M=8), num_warps=w, num_stages=s)
+             for m, n, k, w, s in GEMM_SPACE]
+    prune = gemm_prune(lambda a: a["macs"], shared_a_tiles)["early_config_prune"]
+    for dtype in (torch.float32, torch.bfloat16):
+        for share in (True, False):
+            args = dict(x=torch.empty(1, dtype=dtype), macs=1 << 30)
+            kept = prune(space, args, SHARE=share)
+            assert kept
+            for c in kept:
+                m, n, k = c.kwargs["BM"], c.kwargs["BN"], c.kwargs["BK"]
+                assert ((1 + share) * m * k + k * n) * dtype.itemsize * c.num_stages <= SMEM_BUDGET
+            tiny = prune(space, dict(args, macs=1000), SHARE=share)
+            assert [(c.kwargs["BM"], c.kwargs["BN"], c.kwargs["BK"]) for c in tiny] == [(64, 64, 32)]
+    assert len(prune(space, dict(x=torch.empty(1, dtype=torch.bfloat16), macs=1 << 30), SHARE=False)) == len(space)
+
+
 # ----------------------------------------------------------------------------------------------------
 # Dispatch and compile
 

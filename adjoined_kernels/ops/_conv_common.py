@@ -68,18 +68,37 @@ def configs(space, interp):
             for bm, bn, bk, w, st in space]
 
 
-def tiny_problem_prune(macs):
-    """Autotune pruner: problems under 2^26 MACs are launch-bound, so they skip tuning and take a
-    64x64x32 tile (one compile per specialisation instead of one per config).
+# Shared memory per block on H100/H200 is 227 KB; leave room for the epilogue's layout conversions.
+SMEM_BUDGET = 200 * 1024
 
-    ``macs(named_args)`` returns the problem's multiply-accumulate count.
+
+def gemm_prune(macs, a_tiles=lambda kwargs: 1):
+    """Autotune pruner (``prune_configs_by``) for the implicit GEMMs.
+
+    Drops configs whose pipelined operand tiles overflow shared memory (``a_tiles(kwargs)`` A tiles, two
+    when one weight tile feeds both branches, plus one B tile per stage). Problems under 2^26 MACs
+    (``macs(named_args)``) are launch-bound: they skip tuning and take the 64x64x32 tile, so test shapes
+    compile one kernel per specialisation instead of one per config.
     """
     def prune(configs, named_args, **kwargs):
+        elt = next(v for v in named_args.values() if isinstance(v, torch.Tensor)).element_size()
+        n_a = a_tiles(kwargs)
+
+        def smem(c):
+            m, n, k = c.kwargs["BM"], c.kwargs["BN"], c.kwargs["BK"]
+            return (n_a * m * k + k * n) * elt * c.num_stages
+
+        fits = [c for c in configs if smem(c) <= SMEM_BUDGET] or [min(configs, key=smem)]
         if macs(named_args) >= 1 << 26:
-            return configs
-        small = [c for c in configs if (c.kwargs["BM"], c.kwargs["BN"], c.kwargs["BK"]) == (64, 64, 32)]
-        return small or configs[:1]
+            return fits
+        small = [c for c in fits if (c.kwargs["BM"], c.kwargs["BN"], c.kwargs["BK"]) == (64, 64, 32)]
+        return small[:1] or fits[-1:]
     return {"early_config_prune": prune}
+
+
+def shared_a_tiles(kwargs):
+    """A tiles per stage: the paired loop of fprop/dgrad keeps one per branch."""
+    return 2 if kwargs.get("SHARE", False) else 1
 
 
 # (BM, BN, BK, warps, stages) for H100/H200 implicit GEMMs with fp32 accumulation.

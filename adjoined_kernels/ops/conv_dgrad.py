@@ -26,8 +26,8 @@ import triton
 import triton.language as tl
 
 from . import _alloc
-from ._conv_common import (GEMM_SPACE, INTERP_GEMM, UPCAST, channels_last, configs, dot_precision, nhwc_strides,
-                           swizzle, tiny_problem_prune)
+from ._conv_common import (GEMM_SPACE, INTERP_GEMM, UPCAST, channels_last, configs, dot_precision, gemm_prune,
+                           nhwc_strides, shared_a_tiles, swizzle)
 
 # ----------------------------------------------------------------------------------------------------
 # Kernel
@@ -154,7 +154,8 @@ def _macs(a):
     return a["N1"] * a["H1"] * a["W1"] * a["C_in"] * a["R"] * a["S"] * a["C_out"]
 
 
-@triton.autotune(configs=configs(GEMM_SPACE, INTERP_GEMM), prune_configs_by=tiny_problem_prune(_macs),
+@triton.autotune(configs=configs(GEMM_SPACE, INTERP_GEMM),
+                 prune_configs_by=gemm_prune(_macs, shared_a_tiles),
                  key=["N1", "H1", "W1", "N2", "H2", "W2", "C_in", "c_in_s", "C_out", "c_out_s", "R", "S",
                       "sh", "sw", "SHARE", "HAS_SCALE", "PREC"])
 @triton.jit

@@ -25,7 +25,7 @@ import triton.language as tl
 
 from . import _alloc
 from ._conv_common import (GEMM_SPACE, INTERP_GEMM, INTERPRET, UPCAST, channels_last, configs, conv_out_size,
-                           dot_precision, nhwc_strides, swizzle, tiny_problem_prune)
+                           dot_precision, gemm_prune, nhwc_strides, swizzle)
 
 # ----------------------------------------------------------------------------------------------------
 # Kernels
@@ -119,7 +119,7 @@ def _macs(a):
     return a["N1"] * a["P1"] * a["Q1"] * a["C_out"] * a["R"] * a["S"] * a["C_in"]
 
 
-@triton.autotune(configs=configs(GEMM_SPACE, INTERP_GEMM), prune_configs_by=tiny_problem_prune(_macs),
+@triton.autotune(configs=configs(GEMM_SPACE, INTERP_GEMM), prune_configs_by=gemm_prune(_macs),
                  key=["N1", "P1", "Q1", "N2", "P2", "Q2", "C_in", "c_in_s", "C_out", "c_out_s", "R", "S",
                       "nch1", "nch2", "HAS_BIAS", "HAS_SCALE", "PREC"])
 @triton.jit
