@@ -6,8 +6,10 @@
 
 #include "ops.h"
 
-#ifdef ADJ_EMULATE  // CPU emulation build (csrc/emu/): own namespace, CPU kernels
+#ifdef ADJ_EMULATE  // CPU emulation build (csrc/emu/): own namespace unless given, CPU kernels
+#ifndef ADJ_NS
 #define ADJ_NS adjoined_emu
+#endif
 #define ADJ_KEY CPU
 #else
 #define ADJ_NS adjoined

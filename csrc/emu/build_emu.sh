@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build the CPU emulation of the adjoined CUDA ops (ops in namespace adjoined_emu, CPU dispatch key),
 # with AddressSanitizer, for checking kernel index logic, bounds and alignment without a GPU.
-# Usage: csrc/emu/build_emu.sh [OUT_DIR]   (default build/emu; needs g++ >= 11 and the CUDA headers)
+# Usage: [NS=adjoined] csrc/emu/build_emu.sh [OUT_DIR]   (default build/emu; g++ >= 11, the CUDA headers)
+# NS sets the op namespace (default adjoined_emu; "adjoined" for check_emu_tests.py, never next to _C).
 # Then: LD_PRELOAD=$(g++ -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0 \
 #       .venv/bin/python csrc/emu/check_emu.py build/emu/libadjoined_emu.so
 set -euo pipefail
@@ -13,7 +14,7 @@ TORCH=$("$PY" -c 'import os, torch; print(os.path.dirname(torch.__file__))')
 ABI=$("$PY" -c 'import torch; print(int(torch._C._GLIBCXX_USE_CXX11_ABI))')
 NVINC="$TORCH/../nvidia/cu13/include"
 mkdir -p "$OUT"
-FLAGS=(-std=c++20 -O1 -g -fPIC -fsanitize=address -fno-omit-frame-pointer -DADJ_EMULATE -D_GLIBCXX_USE_CXX11_ABI=$ABI
+FLAGS=(-std=c++20 -O1 -g -fPIC -fsanitize=address -fno-omit-frame-pointer -DADJ_EMULATE -DADJ_NS=${NS:-adjoined_emu} -D_GLIBCXX_USE_CXX11_ABI=$ABI
        -I"$ROOT/csrc" -I"$TORCH/include" -I"$TORCH/include/torch/csrc/api/include" -I"$CUDA/include" -I"$NVINC"
        -Wno-deprecated-declarations)
 OBJS=()
