@@ -90,10 +90,13 @@ def make_inputs(case: dict, device, seed: int) -> dict:
     w_layout = "noncontig" if lay == "noncontig" else "nchw"
     weight = _tensor((case["c_out"], case["c_in"], kh, kw), w_layout, device, gen,
                      scale=(case["c_in"] * kh * kw) ** -0.5)
-    bias = torch.randn(case["c_out"], generator=gen, dtype=torch.float64).to(device) if case["bias"] else None
+    step = 2 if lay == "noncontig" else 1  # strided bias / small_scale views in the non-contiguous case
+    bias = None
+    if case["bias"]:
+        bias = torch.randn(step * case["c_out"], generator=gen, dtype=torch.float64).to(device)[::step]
     scale = None
     if case["scale"]:
-        scale = (0.5 + torch.rand(case["c_out_s"], generator=gen, dtype=torch.float64)).to(device)
+        scale = (0.5 + torch.rand(step * case["c_out_s"], generator=gen, dtype=torch.float64)).to(device)[::step]
     out = adjoined_conv2d_ref(x_full, x_small, weight, bias, case["stride"], case["padding"], case["dilation"],
                               case["c_out_s"], scale)
     grads = tuple(_tensor(z.shape, lay, device, gen) for z in out)

@@ -5,6 +5,8 @@ under the Triton interpreter, DESIGN §4). Device side: the GROUP_M tile swizzle
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import triton
 import triton.language as tl
@@ -45,6 +47,16 @@ def restore_format(out: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     if is_channels_last(like):
         return out
     return out.contiguous()
+
+
+def on_device(t: torch.Tensor):
+    """Context making ``t``'s GPU current: Triton launches on the current device, not the tensor's."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+
+
+def dense(v):
+    """A 1-D parameter (bias, small_scale) with unit stride, as the kernels index it; None stays None."""
+    return None if v is None else v.contiguous()
 
 
 def dot_precision(dtype: torch.dtype) -> str:

@@ -26,8 +26,8 @@ import triton
 import triton.language as tl
 
 from . import _alloc
-from ._conv_common import (GEMM_SPACE, INTERP_GEMM, UPCAST, channels_last, configs, dot_precision, gemm_prune,
-                           nhwc_strides, shared_a_tiles, swizzle)
+from ._conv_common import (GEMM_SPACE, INTERP_GEMM, UPCAST, channels_last, configs, dense, dot_precision, gemm_prune,
+                           nhwc_strides, on_device, shared_a_tiles, swizzle)
 
 # ----------------------------------------------------------------------------------------------------
 # Kernel
@@ -284,8 +284,9 @@ def conv2d_dgrad(dz_full: torch.Tensor, dz_small: torch.Tensor, weight: torch.Te
     Returns:
         ``(dx_full [N1, C_in, H1, W1], dx_small [N2, c_in_s, H2, W2])``, channels_last.
     """
-    return _dgrad_launch(dz_full, dz_small, weight, small_scale, tuple(input_hw), c_in_s, tuple(stride),
-                         tuple(padding), tuple(dilation), share_weights)
+    with on_device(dz_full):
+        return _dgrad_launch(dz_full, dz_small, weight, dense(small_scale), tuple(input_hw), c_in_s, tuple(stride),
+                             tuple(padding), tuple(dilation), share_weights)
 
 
 @conv2d_dgrad.register_fake

@@ -24,8 +24,9 @@ import triton
 import triton.language as tl
 
 from . import _alloc
-from ._conv_common import (GEMM_SPACE, INTERP_GEMM, UPCAST, channels_last, configs, conv_out_size, dot_precision,
-                           gemm_prune, nhwc_strides, restore_format, shared_a_tiles, swizzle)
+from ._conv_common import (GEMM_SPACE, INTERP_GEMM, UPCAST, channels_last, configs, conv_out_size, dense,
+                           dot_precision, gemm_prune, nhwc_strides, on_device, restore_format, shared_a_tiles,
+                           swizzle)
 from .conv_dgrad import conv2d_dgrad
 from .conv_wgrad import conv2d_wgrad
 
@@ -261,8 +262,9 @@ def conv2d_fprop(x_full: torch.Tensor, x_small: torch.Tensor, weight: torch.Tens
         ``(z_full [N1, C_out, P1, Q1], z_small [N2, c_out_s, P2, Q2], u_small)``, channels_last, where
         ``u_small`` is the small output before the scale when ``save_pre``, else an empty ``[0]`` tensor.
     """
-    return _fprop_launch(x_full, x_small, weight, bias, small_scale, tuple(stride), tuple(padding),
-                         tuple(dilation), c_out_s, save_pre, share_weights)
+    with on_device(x_full):
+        return _fprop_launch(x_full, x_small, weight, dense(bias), dense(small_scale), tuple(stride),
+                             tuple(padding), tuple(dilation), c_out_s, save_pre, share_weights)
 
 
 @conv2d_fprop.register_fake

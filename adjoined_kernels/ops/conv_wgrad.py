@@ -24,8 +24,8 @@ import triton
 import triton.language as tl
 
 from . import _alloc
-from ._conv_common import (GEMM_SPACE, INTERP_GEMM, INTERPRET, UPCAST, channels_last, configs, conv_out_size,
-                           dot_precision, gemm_prune, nhwc_strides, swizzle)
+from ._conv_common import (GEMM_SPACE, INTERP_GEMM, INTERPRET, UPCAST, channels_last, configs, conv_out_size, dense,
+                           dot_precision, gemm_prune, nhwc_strides, on_device, swizzle)
 
 # ----------------------------------------------------------------------------------------------------
 # Kernels
@@ -197,12 +197,14 @@ def _sm_count(device_index: int) -> int:
 def _splits(k1, k2, tiles1, tiles2, device):
     """K-chunks per branch: equal-work items, about two per SM, each at least 256 rows long.
 
-    Under the interpreter (cost per program, not per element) two chunks per branch keep split-K exercised.
+    Under the interpreter (cost per program, not per element) up to two chunks per branch keep split-K
+    exercised by tiny test shapes.
     """
     if device.type != "cuda" or INTERPRET:
         return min(2, triton.cdiv(k1, 64)) or 1, min(2, triton.cdiv(k2, 64)) or 1
     work = tiles1 * k1 + tiles2 * k2
-    kch = max(256, triton.cdiv(work, 2 * _sm_count(device.index or 0)))
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    kch = max(256, triton.cdiv(work, 2 * _sm_count(index)))
     return max(1, triton.cdiv(k1, kch)), max(1, triton.cdiv(k2, kch))
 
 
@@ -284,8 +286,9 @@ def conv2d_wgrad(x_full: torch.Tensor, x_small: torch.Tensor, dz_full: torch.Ten
     """
     _check_geometry(x_full, dz_full, kernel_size, stride, padding, dilation)
     _check_geometry(x_small, dz_small, kernel_size, stride, padding, dilation)
-    return _wgrad_launch(x_full, x_small, dz_full, dz_small, small_scale, tuple(kernel_size), tuple(stride),
-                         tuple(padding), tuple(dilation), need_bias)
+    with on_device(x_full):
+        return _wgrad_launch(x_full, x_small, dz_full, dz_small, dense(small_scale), tuple(kernel_size),
+                             tuple(stride), tuple(padding), tuple(dilation), need_bias)
 
 
 @conv2d_wgrad.register_fake
