@@ -135,8 +135,10 @@ def table(summary: dict) -> str:
     return "\n".join(text)
 
 
-def plot_curves(history: list, path: str) -> None:
-    """curves.png: train loss/CE/KL, test accuracy of both nets, and lambda / LR, per epoch."""
+def plot_curves(history: list, path: str, lam_fn=None) -> None:
+    """curves.png: train loss/CE/KL, test accuracy of both nets, and lambda / LR, per epoch.
+
+    ``lam_fn(t)``, if given, draws the per-step schedule lambda(t) over the epochs as a line."""
     import matplotlib
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
@@ -154,13 +156,18 @@ def plot_curves(history: list, path: str) -> None:
                      ("train_acc_small", ":")):
         ax[1].plot(ep, series(k), style, marker="o", label=k)
     ax[1].set(title="accuracy", xlabel="epoch")
-    ax[2].plot(ep, series("lambda"), marker="o", label="lambda (end of epoch)")
+    if lam_fn is not None and ep:
+        ts = [i / 200 for i in range(201)]
+        ax[2].plot([t * ep[-1] for t in ts], [lam_fn(t) for t in ts], color="C0", alpha=0.5, label="lambda(t)")
+    ax[2].plot(ep, series("lambda"), "o", color="C0", label="lambda (end of epoch)")
     ax2 = ax[2].twinx()
     ax2.plot(ep, series("lr"), "--", color="gray", label="lr")
     ax2.set_ylabel("lr")
+    ax2.legend(loc="lower right", fontsize=8)
     ax[2].set(title="lambda(t) and learning rate", xlabel="epoch")
     for a in ax:
         a.grid(alpha=0.3)
+        a.xaxis.get_major_locator().set_params(integer=True)
         a.legend(loc="best", fontsize=8)
     fig.tight_layout()
     tmp = path + ".tmp.png"
@@ -208,7 +215,9 @@ def finish(args, ds, device, net, history, log=print) -> dict:
     summary.update({"device": str(device), "backend": args.backend, "amp": bool(args.amp and device.type == "cuda"),
                     "versions": versions(), "args": vars(args)})
     write_json(os.path.join(out, "summary.json"), summary)
-    plot_curves(history, os.path.join(out, "curves.png"))
+    from ..schedules import lambda_schedule
+    lam_fn = (lambda t: lambda_schedule(t, args.lam_schedule, args.lam_scale)) if args.method == "adjoined" else None
+    plot_curves(history, os.path.join(out, "curves.png"), lam_fn)
     log("")
     log(table(summary))
     log(f"\ntrained {summary['epochs']} epochs in {summary['train_time_s']:.0f}s; outputs in {out}")
