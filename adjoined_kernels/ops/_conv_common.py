@@ -84,25 +84,30 @@ def configs(space, interp):
 SMEM_BUDGET = 200 * 1024
 
 
-def gemm_prune(macs, a_tiles=lambda kwargs: 1):
-    """Autotune pruner (``prune_configs_by``) for the implicit GEMMs.
+def gemm_prune(dims, a_tiles=lambda kwargs: 1):
+    """Autotune pruner (``prune_configs_by``) for the implicit GEMMs; ``dims(named_args)`` gives the full
+    problem's (M, N, K).
 
-    Drops configs whose pipelined operand tiles overflow shared memory (``a_tiles(kwargs)`` A tiles, two
-    when one weight tile feeds both branches, plus one B tile per stage). Problems under 2^26 MACs
-    (``macs(named_args)``) are launch-bound: they skip tuning and take the 64x64x32 tile, so test shapes
-    compile one kernel per specialisation instead of one per config.
+    - Drops configs whose pipelined operand tiles overflow shared memory (``a_tiles(kwargs)`` A tiles, two
+      when one weight tile feeds both branches, plus one B tile per stage).
+    - Drops 128-wide tiles along a dimension of at most 64 (half the tile would be masked).
+    - Problems under 2^26 MACs are launch-bound: they skip tuning and take the 64x64x32 tile, so small
+      shapes compile one kernel per specialisation instead of one per config.
     """
     def prune(configs, named_args, **kwargs):
         elt = next(v for v in named_args.values() if isinstance(v, torch.Tensor)).element_size()
         n_a = a_tiles(kwargs)
+        m, n, k = dims(named_args)
 
         def smem(c):
-            m, n, k = c.kwargs["BM"], c.kwargs["BN"], c.kwargs["BK"]
-            return (n_a * m * k + k * n) * elt * c.num_stages
+            return (n_a * c.kwargs["BM"] + c.kwargs["BN"]) * c.kwargs["BK"] * elt * c.num_stages
+
+        def useful(c):
+            return (c.kwargs["BM"] <= max(64, m)) and (c.kwargs["BN"] <= max(64, n))
 
         fits = [c for c in configs if smem(c) <= SMEM_BUDGET] or [min(configs, key=smem)]
-        if macs(named_args) >= 1 << 26:
-            return fits
+        if m * n * k >= 1 << 26:
+            return [c for c in fits if useful(c)] or fits
         small = [c for c in fits if (c.kwargs["BM"], c.kwargs["BN"], c.kwargs["BK"]) == (64, 64, 32)]
         return small[:1] or fits[-1:]
     return {"early_config_prune": prune}
@@ -119,7 +124,6 @@ GEMM_SPACE = (
     (128, 64, 64, 4, 4),
     (64, 128, 64, 4, 4),
     (128, 128, 32, 8, 4),
-    (64, 64, 64, 4, 4),
     (64, 64, 32, 4, 3),
 )
 

@@ -150,12 +150,12 @@ def _dgrad_store(acc, dx, ok, n, h, w, offs_n, C, sn, sh, sw, sc):
     tl.store(dx + row[:, None] + offs_n[None, :] * sc, acc.to(dx.dtype.element_ty), mask=mask)
 
 
-def _macs(a):
-    return a["N1"] * a["H1"] * a["W1"] * a["C_in"] * a["R"] * a["S"] * a["C_out"]
+def _dims(a):
+    return a["N1"] * a["H1"] * a["W1"], a["C_in"], a["R"] * a["S"] * a["C_out"]
 
 
 @triton.autotune(configs=configs(GEMM_SPACE, INTERP_GEMM),
-                 prune_configs_by=gemm_prune(_macs, shared_a_tiles),
+                 prune_configs_by=gemm_prune(_dims, shared_a_tiles),
                  key=["N1", "H1", "W1", "N2", "H2", "W2", "C_in", "c_in_s", "C_out", "c_out_s", "R", "S",
                       "sh", "sw", "SHARE", "HAS_SCALE", "PREC"])
 @triton.jit

@@ -125,12 +125,12 @@ def _fprop_store(acc, z, u, bias, scale, ok, n, p, q, offs_n, C, sz_n, sz_h, sz_
     tl.store(z + offs, acc.to(z.dtype.element_ty), mask=mask)
 
 
-def _macs(a):
-    return a["N1"] * a["P1"] * a["Q1"] * a["C_out"] * a["R"] * a["S"] * a["C_in"]
+def _dims(a):
+    return a["N1"] * a["P1"] * a["Q1"], a["C_out"], a["R"] * a["S"] * a["C_in"]
 
 
 @triton.autotune(configs=configs(GEMM_SPACE, INTERP_GEMM),
-                 prune_configs_by=gemm_prune(_macs, shared_a_tiles),
+                 prune_configs_by=gemm_prune(_dims, shared_a_tiles),
                  key=["N1", "P1", "Q1", "N2", "P2", "Q2", "C_in", "c_in_s", "C_out", "c_out_s", "R", "S",
                       "SHARE", "HAS_SCALE", "PREC"])
 @triton.jit

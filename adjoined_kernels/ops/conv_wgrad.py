@@ -115,11 +115,11 @@ def _n_tiles(R, S, C, FLAT: tl.constexpr, BN: tl.constexpr):
     return R * S * tl.cdiv(C, BN)
 
 
-def _macs(a):
-    return a["N1"] * a["P1"] * a["Q1"] * a["C_out"] * a["R"] * a["S"] * a["C_in"]
+def _dims(a):
+    return a["C_out"], a["R"] * a["S"] * a["C_in"], a["N1"] * a["P1"] * a["Q1"]
 
 
-@triton.autotune(configs=configs(GEMM_SPACE, INTERP_GEMM), prune_configs_by=gemm_prune(_macs),
+@triton.autotune(configs=configs(GEMM_SPACE, INTERP_GEMM), prune_configs_by=gemm_prune(_dims),
                  key=["N1", "P1", "Q1", "N2", "P2", "Q2", "C_in", "c_in_s", "C_out", "c_out_s", "R", "S",
                       "nch1", "nch2", "HAS_BIAS", "HAS_SCALE", "PREC"])
 @triton.jit
