@@ -261,6 +261,9 @@ def conv2d_fprop(x_full: torch.Tensor, x_small: torch.Tensor, weight: torch.Tens
     Returns:
         ``(z_full [N1, C_out, P1, Q1], z_small [N2, c_out_s, P2, Q2], u_small)``, channels_last, where
         ``u_small`` is the small output before the scale when ``save_pre``, else an empty ``[0]`` tensor.
+
+    Inputs are not validated here (:func:`adjoined_kernels.adjoined_conv2d` does that). The backward
+    raises RuntimeError when small_scale requires grad but the forward ran with ``save_pre=False``.
     """
     with on_device(x_full):
         return _fprop_launch(x_full, x_small, weight, dense(bias), dense(small_scale), tuple(stride),
