@@ -15,7 +15,7 @@ import torch
 import adjoined_kernels as ak
 from adjoined_kernels.ops.adjoined_conv2d import adjoined_conv2d_ref
 
-triton_ops = pytest.importorskip("adjoined_kernels.ops.conv_fprop", reason="triton is not installed")
+pytest.importorskip("triton", reason="triton is not installed")
 from adjoined_kernels.ops.conv_dgrad import conv2d_dgrad, conv2d_dgrad_ref  # noqa: E402
 from adjoined_kernels.ops.conv_fprop import (adjoined_conv2d_triton, conv2d_fprop,  # noqa: E402
                                              conv2d_fprop_ref)
