@@ -57,11 +57,13 @@ def available_backends() -> list[str]:
     return out
 
 
+@torch.compiler.assume_constant_result
 def resolve_backend(backend: str, device: torch.device, supported: tuple[str, ...]) -> str:
     """Pick the concrete backend for tensors on ``device``.
 
     ``supported`` lists the non-reference backends the calling op implements.
-    Raises ValueError for an unknown name and RuntimeError for an unavailable backend.
+    Raises ValueError for an unknown name and RuntimeError for an unavailable backend. torch.compile takes
+    the result as a constant: the import probes behind it cannot be traced.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")

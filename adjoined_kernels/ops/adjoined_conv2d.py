@@ -3,7 +3,7 @@
     z_full  = conv2d(x_full,  W,                    b,          stride, padding, dilation)
     z_small = conv2d(x_small, W[:c_out_s, :c_in_s], b[:c_out_s], stride, padding, dilation) * small_scale
 
-The fused Triton passes live in conv_fprop.py / conv_dgrad.py / conv_wgrad.py.
+The fused Triton passes live in conv_fprop.py / conv_dgrad.py / conv_wgrad.py; the CUDA ones in conv_cuda.py.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from .._backend import resolve_backend
 from .._checks import check_same, check_tensor, pair
 
-SUPPORTED = ("triton",)
+SUPPORTED = ("triton", "cuda")
 
 
 def adjoined_conv2d_ref(x_full, x_small, weight, bias=None, stride=1, padding=0, dilation=1,
@@ -99,4 +99,7 @@ def adjoined_conv2d(x_full, x_small, weight, bias=None, stride=1, padding=0, dil
         from .conv_fprop import adjoined_conv2d_triton
         return adjoined_conv2d_triton(x_full, x_small, weight, bias, stride, padding, dilation,
                                       c_out_s, small_scale)
+    if be == "cuda":
+        from .conv_cuda import adjoined_conv2d_cuda
+        return adjoined_conv2d_cuda(x_full, x_small, weight, bias, stride, padding, dilation, c_out_s, small_scale)
     return adjoined_conv2d_ref(x_full, x_small, weight, bias, stride, padding, dilation, c_out_s, small_scale)

@@ -35,7 +35,7 @@ except ImportError:  # the "triton" backend then reports itself unavailable (_ba
     def _jit(fn):
         return fn
 
-SUPPORTED = ("triton",)
+SUPPORTED = ("triton", "cuda")
 REDUCTIONS = ("mean", "sum", "none")
 _RED_CODE = {"none": 0, "sum": 1, "mean": 2}
 MAX_BLOCK = 8192           # rows up to this many classes (next power of 2) stay in registers
@@ -479,12 +479,6 @@ class _InplaceLoss(torch.autograd.Function):
         return _scale(gf, grad_loss), _scale(gs, grad_loss), *([None] * 11)
 
 
-@torch.compiler.assume_constant_result
-def _resolve(backend: str, device: torch.device) -> str:
-    """resolve_backend, taken as a constant by torch.compile (its import probes cannot be traced)."""
-    return resolve_backend(backend, device, SUPPORTED)
-
-
 def _triton_loss(logits_full, logits_small, target, lam, eps, temperature, reduction, ignore_index,
                  detach_full, inplace=False, max_block=MAX_BLOCK, count_inline_max=COUNT_INLINE_MAX):
     """Validated inputs -> loss through the custom op (functional, or in place with autograd)."""
@@ -584,9 +578,14 @@ def adjoined_loss(logits_full, logits_small, target, lam, eps=1e-6, temperature=
         RuntimeError: an explicitly requested backend that is unavailable.
     """
     _validate(logits_full, logits_small, target, lam, eps, temperature, reduction)
-    if _resolve(backend, logits_full.device) == "triton":
+    be = resolve_backend(backend, logits_full.device, SUPPORTED)
+    if be == "triton":
         return _triton_loss(logits_full, logits_small, target, lam, eps, temperature, reduction,
                             ignore_index, detach_full)
+    if be == "cuda":
+        from .loss_cuda import adjoined_loss_cuda
+        return adjoined_loss_cuda(logits_full, logits_small, target, lam, eps, temperature, reduction,
+                                  ignore_index, detach_full)
     return adjoined_loss_ref(logits_full, logits_small, target, lam, eps, temperature, reduction,
                              ignore_index, detach_full)
 
@@ -613,6 +612,6 @@ def adjoined_loss_triton(logits_full, logits_small, target, lam, eps=1e-6, tempe
         TypeError / ValueError as :func:`adjoined_loss`; RuntimeError if triton is unavailable.
     """
     _validate(logits_full, logits_small, target, lam, eps, temperature, reduction)
-    _resolve("triton", logits_full.device)
+    resolve_backend("triton", logits_full.device, SUPPORTED)
     return _triton_loss(logits_full, logits_small, target, lam, eps, temperature, reduction, ignore_index,
                         detach_full, inplace, max_block, count_inline_max)
