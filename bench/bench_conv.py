@@ -84,7 +84,8 @@ def check(fn, pb, ref_out, ref_grads):
     outs = fn()
     torch.autograd.backward(list(outs), [pb["dzf"], pb["dzs"]])
     got = list(outs) + [pb["xf"].grad, pb["xs"].grad, pb["w"].grad]
-    return max(rel_err(a, r) for a, r in zip(got, ref_out + ref_grads))
+    # the authors' form reads a zero-padded copy of x_small, so it has no x_small gradient to compare
+    return max(rel_err(a, r) for a, r in zip(got, ref_out + ref_grads) if a is not None)
 
 
 def reference(pb):
