@@ -72,7 +72,7 @@ __device__ __forceinline__ void load_a(T (&ra)[16], const RowBranch& b, const Ro
 }
 
 template <typename T, bool DGRAD>
-__global__ void __launch_bounds__(NT) rowgemm_kernel(const __grid_constant__ RowGemmParams p) {
+__global__ void __launch_bounds__(NT, sizeof(T) == 2 ? 2 : 1) rowgemm_kernel(const __grid_constant__ RowGemmParams p) {
   using Lay = TileLayout<T, true, !DGRAD>;
   using Mma = TileMma<T, true, !DGRAD>;
   constexpr int AB_BYTES = (2 * Lay::A_ELEMS + Lay::B_ELEMS) * static_cast<int>(sizeof(T));

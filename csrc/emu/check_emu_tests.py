@@ -5,7 +5,8 @@ namespace, so build it with -DADJ_NS=adjoined (see build_emu.sh: NS=adjoined csr
     LD_PRELOAD=$(g++ -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0 \\
         .venv/bin/python csrc/emu/check_emu_tests.py build/emu-adjoined/libadjoined_emu.so [--all]
 
-Without --all the large conv cases (slow under emulation) are left out.
+Without --all the large conv cases (slow under emulation) are left out; --conv-from=N starts at case N,
+--no-conv runs only the loss tests.
 """
 import os
 import sys
@@ -37,7 +38,8 @@ def run(name, fn, *args):
         print(f"FAIL {name} {args}\n{traceback.format_exc()}", flush=True)
 
 
-for case in range(len(t.CONV_CASES)):
+conv_from = next((int(a.split("=")[1]) for a in sys.argv if a.startswith("--conv-from=")), 0)
+for case in range(conv_from, 0 if "--no-conv" in sys.argv else len(t.CONV_CASES)):
     if case in SLOW and "--all" not in sys.argv:
         continue
     for dtype in t.DTYPES:
