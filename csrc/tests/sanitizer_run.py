@@ -17,6 +17,8 @@ import os
 import sys
 
 os.environ["ADJOINED_POISON_OUTPUTS"] = "1"
+# Importable from the repository root too when the package is built in place (setup.py build_ext --inplace).
+sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
