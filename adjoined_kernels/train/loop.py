@@ -61,9 +61,23 @@ def build_net(args, ds: Dataset, device):
     elif args.method == "small":
         model = export_small(model)
     model = model.to(device)
-    if device.type == "cuda":
+    if channels_last_ok(model, device):
         model = model.to(memory_format=torch.channels_last)
     return model
+
+
+def channels_last_ok(model, device) -> bool:
+    """Whether to train in channels_last, the fast layout on CUDA and on CPU (oneDNN).
+
+    oneDNN in torch 2.14 computes wrong weight gradients for a 1x1 stride-2 conv whose channels_last input
+    has 2-7 channels, so on CPU a model with such a conv input width stays NCHW.
+    """
+    if device.type == "cuda":
+        return True
+    widths = set()
+    for m in model.modules():
+        widths.update({getattr(m, "in_channels", 1), getattr(m, "small_in_channels", 1)})
+    return all(w == 1 or w >= 8 for w in widths)
 
 
 def make_optimizer(args, params):
@@ -112,8 +126,9 @@ def evaluate(net, method, ds: Dataset, device, batch_size: int = 500, amp: bool 
     net.eval()
     cf = cs = 0
     n = len(ds.x_test)
+    cl = channels_last_ok(net, device)
     for i in range(0, n, batch_size):
-        x = _prep(ds.x_test[i:i + batch_size], ds, device)
+        x = _prep(ds.x_test[i:i + batch_size], ds, device, cl)
         y = ds.y_test[i:i + batch_size].to(device)
         with _autocast(device, amp):
             out = net(x)
@@ -128,9 +143,9 @@ def evaluate(net, method, ds: Dataset, device, batch_size: int = 500, amp: bool 
     return (cf / n if method != "small" else None, cs / n if method != "standard" else None)
 
 
-def _prep(x_u8, ds: Dataset, device):
+def _prep(x_u8, ds: Dataset, device, channels_last: bool):
     x = normalize(x_u8.to(device, non_blocking=True), ds.mean, ds.std)
-    return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
 def _autocast(device, amp: bool):
@@ -232,6 +247,7 @@ def train(args, ds: Dataset, device, log=print):
             f.write(json.dumps(rec) + "\n")
 
     method, amp = args.method, args.amp and device.type == "cuda"
+    cl = channels_last_ok(net, device)
     run_epochs = 0
     for epoch in range(start_epoch, args.epochs):
         t0 = time.perf_counter()
@@ -244,7 +260,7 @@ def train(args, ds: Dataset, device, log=print):
         for i, (xb, yb) in enumerate(_prefetch(train_batches(ds, args.batch_size, gen, not args.no_augment),
                                                args.workers)):
             lam = lambda_schedule(min(step / total, 1.0), args.lam_schedule, args.lam_scale)
-            x, y = _prep(xb, ds, device), yb.to(device, non_blocking=True)
+            x, y = _prep(xb, ds, device, cl), yb.to(device, non_blocking=True)
             with _autocast(device, amp):
                 loss, lf, ls = forward_loss(net, method, x, y, lam, args)
             opt.zero_grad(set_to_none=True)
