@@ -19,6 +19,10 @@ def cuda_extensions():
     if not sources:
         print("adjoined_kernels: no CUDA sources in csrc/ yet, building no extension")
         return [], {}
+    # An nvcc on PATH outside a toolkit tree (e.g. /usr/local/bin/nvcc) makes torch guess CUDA_HOME=/usr/local,
+    # which has no CUDA headers: prefer the real toolkit when it is there (DESIGN §4).
+    if "CUDA_HOME" not in os.environ and os.path.exists("/usr/local/cuda/bin/nvcc"):
+        os.environ["CUDA_HOME"] = "/usr/local/cuda"
     try:
         import torch
         from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CUDAExtension
@@ -32,11 +36,14 @@ def cuda_extensions():
     nvidia_inc = os.path.join(os.path.dirname(torch.__file__), "..", "nvidia", "cu13", "include")
     # No --use_fast_math: the loss needs accurate expf/logf and the fp32 conv path is meant to be exact.
     # No -std flag: torch.utils.cpp_extension adds the C++ standard its own headers need (C++20 in 2.14).
-    nvcc = ["-O3", f"--threads={os.environ.get('NVCC_THREADS', '2')}"]
+    # -isystem, not -I: searched after CUDA_HOME/include, whose cuda_runtime.h must win over the pip copy
+    # (that one lacks crt/host_config.h); the pip dir only supplies headers CUDA_HOME lacks (cusparse.h etc.).
+    sys_inc = ["-isystem", os.path.abspath(nvidia_inc)]
+    nvcc = ["-O3", f"--threads={os.environ.get('NVCC_THREADS', '2')}"] + sys_inc
     # csrc/tests/ holds stand-alone C++ programs for the CMake build; they are not part of _C.
     depends = sorted(glob.glob("csrc/*.h") + glob.glob("csrc/*.cuh"))
-    ext = CUDAExtension("adjoined_kernels._C", sources, include_dirs=[os.path.abspath("csrc"), os.path.abspath(nvidia_inc)],
-                        depends=depends, extra_compile_args={"cxx": ["-O3"], "nvcc": nvcc})
+    ext = CUDAExtension("adjoined_kernels._C", sources, include_dirs=[os.path.abspath("csrc")],
+                        depends=depends, extra_compile_args={"cxx": ["-O3"] + sys_inc, "nvcc": nvcc})
     return [ext], {"build_ext": BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)}
 
 
