@@ -1,6 +1,6 @@
 // Fused adjoined conv, data gradient: dx_full = dgrad(dz_full, W), dx_small = dgrad(dz_small * s,
 // W[:c_out_s, :c_in_s]) in one launch. The kernel lives in conv_rowgemm.cuh (shared with fprop).
-// Any stride/dilation is handled by the masked gather (stride > 1 wastes MMA work on zero taps).
+// Stride > 1: rows are grouped by stride phase class, each class loops only over the taps that reach it.
 #include "conv_rowgemm.cuh"
 
 namespace adjoined {

@@ -1,6 +1,7 @@
 // ATen side of the fused adjoined conv ops: argument checks, channels_last conversion, output and
 // workspace allocation, kernel parameters. The kernels are in conv_fprop.cu, conv_dgrad.cu, conv_wgrad.cu.
 #include <algorithm>
+#include <utility>
 #include <vector>
 
 
@@ -47,6 +48,35 @@ void check_cuda_tensor(const at::Tensor& t, const char* name, int64_t dim, const
               like.device());
   TORCH_CHECK(t.scalar_type() == like.scalar_type(), "adjoined conv: ", name, " has dtype ", t.scalar_type(),
               " but the inputs have ", like.scalar_type());
+}
+
+// Grid of the fprop/dgrad kernel: (full tiles, small tiles nobody paired), summed over the stride phase
+// classes (pixel strides psh x psw; 1 x 1 for fprop). Classes at or past the larger branch's output size
+// are empty and not enumerated (p.nqh x p.nqw classes). Must match the tile decode in conv_rowgemm.cuh.
+std::pair<int64_t, int64_t> row_tiles(RowGemmParams& p, int psh, int psw) {
+  p.nqh = std::min(psh, std::max(p.br[0].Ho, p.br[1].Ho));
+  p.nqw = std::min(psw, std::max(p.br[0].Wo, p.br[1].Wo));
+  int64_t full = 0, small = 0;
+  for (int qh = 0; qh < p.nqh; ++qh)
+    for (int qw = 0; qw < p.nqw; ++qw) {
+      int64_t nm[2];
+      for (int i = 0; i < 2; ++i) {
+        const RowBranch& b = p.br[i];
+        const int64_t hq = qh < b.Ho ? (b.Ho - qh - 1) / psh + 1 : 0;
+        const int64_t wq = qw < b.Wo ? (b.Wo - qw - 1) / psw + 1 : 0;
+        nm[i] = cdiv(static_cast<int64_t>(b.Nb) * hq * wq, kConvBM);
+      }
+      full += nm[0] * p.br[0].nn;
+      small += (p.share ? std::max<int64_t>(nm[1] - nm[0], 0) : nm[1]) * p.br[1].nn;
+    }
+  return {full, small};
+}
+
+void set_row_tiles(RowGemmParams& p, int psh, int psw) {
+  const auto [full, small] = row_tiles(p, psh, psw);
+  p.tiles_full = checked_int(full, "full tiles");
+  p.tiles_small = checked_int(small, "small tiles");
+  checked_int(full + small, "grid size");
 }
 
 bool vec_ok(const at::Tensor& t, int64_t row_elems) {
@@ -112,14 +142,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_fprop_cuda(
     br.a = xs_[i]->data_ptr();
     br.out = zs_[i]->data_ptr();
     br.out_pre = (i == 1 && save_pre) ? us.data_ptr() : nullptr;
-    br.M = checked_int(Ms[i], "N*P*Q");
+    checked_int(Ms[i], "N*P*Q");
+    br.Nb = checked_int(i ? N2 : N1, "N");
     br.Ho = checked_int(ho[i], "P");
     br.Wo = checked_int(wo[i], "Q");
     br.Hs = checked_int(hs[i], "H");
     br.Ws = checked_int(wsz[i], "W");
     br.Ka = checked_int(ka[i], "C_in");
     br.n_out = checked_int(nout[i], "C_out");
-    br.nm = static_cast<int>(cdiv(br.M, kConvBM));
     br.nn = static_cast<int>(cdiv(br.n_out, kConvBN));
     br.ncb = static_cast<int>(cdiv(br.Ka, kConvBK));
     br.vec_a = vec_ok(*xs_[i], ka[i]);
@@ -136,10 +166,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_fprop_cuda(
   p.sh = ca.sh; p.sw = ca.sw; p.ph = ca.ph; p.pw = ca.pw; p.dh = ca.dh; p.dw = ca.dw;
   p.vec_w = vec_ok(w, C_in);
   p.share = share_weights ? 1 : 0;
-  p.tiles_full = checked_int(static_cast<int64_t>(p.br[0].nm) * p.br[0].nn, "full tiles");
-  const int64_t small_m = share_weights ? std::max(p.br[1].nm - p.br[0].nm, 0) : p.br[1].nm;
-  p.tiles_small = checked_int(small_m * p.br[1].nn, "small tiles");
-  checked_int(static_cast<int64_t>(p.tiles_full) + p.tiles_small, "grid size");
+  set_row_tiles(p, 1, 1);
   launch_conv_fprop(p, dt, ADJ_STREAM(x_full));
   return {zf, zs, us};
 }
@@ -198,14 +225,14 @@ std::tuple<at::Tensor, at::Tensor> conv2d_dgrad_cuda(
     br.a = a_[i]->data_ptr();
     br.out = o_[i]->data_ptr();
     br.out_pre = nullptr;
-    br.M = checked_int(N[i] * H[i] * W[i], "N*H*W");
+    checked_int(N[i] * H[i] * W[i], "N*H*W");
+    br.Nb = checked_int(N[i], "N");
     br.Ho = checked_int(H[i], "H");
     br.Wo = checked_int(W[i], "W");
     br.Hs = checked_int(a_[i]->size(2), "P");
     br.Ws = checked_int(a_[i]->size(3), "Q");
     br.Ka = checked_int(ka[i], "C_out");
     br.n_out = checked_int(nout[i], "C_in");
-    br.nm = static_cast<int>(cdiv(br.M, kConvBM));
     br.nn = static_cast<int>(cdiv(br.n_out, kConvBN));
     br.ncb = static_cast<int>(cdiv(br.Ka, kConvBK));
     br.vec_a = vec_ok(*a_[i], ka[i]);
@@ -223,10 +250,7 @@ std::tuple<at::Tensor, at::Tensor> conv2d_dgrad_cuda(
   p.sh = ca.sh; p.sw = ca.sw; p.ph = ca.ph; p.pw = ca.pw; p.dh = ca.dh; p.dw = ca.dw;
   p.vec_w = vec_ok(w, C_in);
   p.share = share_weights ? 1 : 0;
-  p.tiles_full = checked_int(static_cast<int64_t>(p.br[0].nm) * p.br[0].nn, "full tiles");
-  const int64_t small_m = share_weights ? std::max(p.br[1].nm - p.br[0].nm, 0) : p.br[1].nm;
-  p.tiles_small = checked_int(small_m * p.br[1].nn, "small tiles");
-  checked_int(static_cast<int64_t>(p.tiles_full) + p.tiles_small, "grid size");
+  set_row_tiles(p, ca.sh, ca.sw);  // one group of tiles per stride phase class
   launch_conv_dgrad(p, dt, ADJ_STREAM(dz_full));
   return {dxf, dxs};
 }

@@ -1,15 +1,19 @@
 // The fprop / dgrad kernel: a grouped implicit GEMM over NHWC rows (output pixels), both branches in
 // one launch. Included by conv_fprop.cu (DGRAD = false) and conv_dgrad.cu (DGRAD = true) only.
 //
-// Blocks [0, tiles_full) own one full-branch output tile (swizzled). When sharing is on and the small
-// branch has the tile with the same (M, N) index, the block owns it as well ("paired"): every weight
-// tile it loads for a channel block inside the small branch's K range feeds both accumulators. The
-// remaining blocks own the small tiles nobody paired.
+// Rows are grouped into phase classes (qh, qw) of the output pixels, h = qh + sh*i, w = qw + sw*j, for
+// dgrad (one class, the identity, for fprop). Within a class, a filter row r either reaches a dz row for
+// every pixel or for none, so a dgrad block loops only over its class's taps: stride > 1 costs no wasted
+// MMA work (the sub-pixel decomposition of strided dgrad). The valid r of a class form an arithmetic
+// progression r0 + k * sh / gcd(sh, dh).
+//
+// Blocks first own the full branch's tiles, class by class (swizzled within a class). When sharing is on
+// and the small branch has the tile with the same (class, M, N) index, the block owns it as well
+// ("paired"): every weight tile it loads for a channel block inside the small branch's K range feeds both
+// accumulators. The remaining blocks own the small tiles nobody paired.
 //
 // A (K-major, from x or dz) is gathered per filter tap with bounds checks; B is the weight in KRSC
 // order: K-major for fprop (B[k=(tap,c)][n=cout]), N-major for dgrad (B[k=(tap,cout)][n=cin]).
-// dgrad with stride > 1 uses the same gather: a row/tap pair whose (h + pad - r*dil) is not a
-// multiple of the stride contributes zero (correct, but wastes up to 1 - 1/(sh*sw) of the MMA work).
 #pragma once
 
 #include "device_common.cuh"
@@ -19,50 +23,80 @@ namespace dev {
 
 enum TileMode : int { kFull = 0, kPair = 1, kSmall = 2 };
 
+// Rows of phase class (qh, qw) in branch b: Hq x Wq pixels per image, ceil(Nb*Hq*Wq / BM) M tiles.
+// The host computes the same counts (conv_ops.cpp, row_tiles); keep them in step.
+struct PhaseDims {
+  int Hq = 0, Wq = 0, nm = 0;
+  __device__ __forceinline__ PhaseDims(const RowBranch& b, int qh, int qw, int psh, int psw) {
+    Hq = qh < b.Ho ? (b.Ho - qh - 1) / psh + 1 : 0;
+    Wq = qw < b.Wo ? (b.Wo - qw - 1) / psw + 1 : 0;
+    nm = (b.Nb * Hq * Wq + BM - 1) / BM;
+  }
+};
+
 template <bool DGRAD>
 struct RowCtx {
-  int n = 0, ha = 0, wa = 0;
+  int n = 0, ha = 0, wa = 0, pix = -1;  // pix: output pixel index (n*Ho + h)*Wo + w, -1 past the end
   bool ok = false;
 
-  __device__ __forceinline__ void setup(const RowBranch& b, const RowGemmParams& p, int m) {
-    ok = m < b.M;
+  __device__ __forceinline__ void setup(const RowBranch& b, const RowGemmParams& p, const PhaseDims& d, int qh,
+                                        int qw, int m) {
+    ok = m < b.Nb * d.Hq * d.Wq;
     const int mm = ok ? m : 0;
-    const int hw = b.Ho * b.Wo;
-    n = mm / hw;
+    const int hw = d.Hq * d.Wq;
+    n = hw > 0 ? mm / hw : 0;
     const int rem = mm - n * hw;
-    const int ho = rem / b.Wo;
-    const int wo = rem - ho * b.Wo;
-    if (!DGRAD) {  // input pixel of tap (0, 0)
-      ha = ho * p.sh - p.ph;
-      wa = wo * p.sw - p.pw;
-    } else {       // h + pad; the tap (r, s) reads dz at ((ha - r*dh) / sh, (wa - s*dw) / sw)
-      ha = ho + p.ph;
-      wa = wo + p.pw;
+    const int i = d.Wq > 0 ? rem / d.Wq : 0;
+    const int j = rem - i * d.Wq;
+    const int psh = DGRAD ? p.sh : 1, psw = DGRAD ? p.sw : 1;
+    pix = ok ? (n * b.Ho + qh + psh * i) * b.Wo + qw + psw * j : -1;
+    if (!DGRAD) {  // input pixel of tap (0, 0); the tap (r, s) adds (r*dh, s*dw)
+      ha = i * p.sh - p.ph;
+      wa = j * p.sw - p.pw;
+    } else {       // dz pixel (i, j) plus the tap's offset ((qh + ph - r*dh) / sh, (qw + pw - s*dw) / sw)
+      ha = i;
+      wa = j;
     }
   }
 };
 
-// A run: 16 channels [c0, c0 + 16) of the A-source pixel that row `rc` reads at tap (r, s).
+// Valid filter offsets along one axis for phase q: r = r0 + k*step, k < count, with
+// (q + pad - r*dil) divisible by the stride (fprop: every r; stride 1: every r).
+struct TapAxis {
+  int r0 = 0, step = 1, count = 0;
+  __device__ __forceinline__ TapAxis(bool dgrad, int q, int pad, int dil, int stride, int K) {
+    if (!dgrad || stride == 1) {
+      count = K;
+      return;
+    }
+    int a = stride, b = dil % stride;  // step = stride / gcd(stride, dil)
+    while (b != 0) {
+      const int t = a % b;
+      a = b;
+      b = t;
+    }
+    step = stride / a;
+    r0 = -1;
+    for (int r = 0; r < K && r < step; ++r)
+      if (((q + pad - r * dil) % stride + stride) % stride == 0) {
+        r0 = r;
+        break;
+      }
+    count = r0 < 0 ? 0 : (K - 1 - r0) / step + 1;
+    if (r0 < 0) r0 = 0;
+  }
+};
+
+// A run: 16 channels [c0, c0 + 16) of the A-source pixel that row `rc` reads at a tap whose offset from
+// the row's base pixel is (oh, ow).
 template <typename T, bool DGRAD>
-__device__ __forceinline__ void load_a(T (&ra)[16], const RowBranch& b, const RowGemmParams& p,
-                                       const RowCtx<DGRAD>& rc, int r, int s, int c0, const T* scale) {
+__device__ __forceinline__ void load_a(T (&ra)[16], const RowBranch& b, const RowCtx<DGRAD>& rc, int oh, int ow,
+                                       int c0, const T* scale) {
   int limit = 0;
   const T* ptr = nullptr;
   if (rc.ok) {
-    int h, w;
-    bool v;
-    if (!DGRAD) {
-      h = rc.ha + r * p.dh;
-      w = rc.wa + s * p.dw;
-      v = h >= 0 && h < b.Hs && w >= 0 && w < b.Ws;
-    } else {
-      const int hp = rc.ha - r * p.dh, wp = rc.wa - s * p.dw;
-      v = hp >= 0 && wp >= 0 && (hp % p.sh) == 0 && (wp % p.sw) == 0;
-      h = v ? hp / p.sh : 0;
-      w = v ? wp / p.sw : 0;
-      v = v && h < b.Hs && w < b.Ws;
-    }
-    if (v) {
+    const int h = rc.ha + oh, w = rc.wa + ow;
+    if (h >= 0 && h < b.Hs && w >= 0 && w < b.Ws) {
       limit = b.Ka - c0;
       ptr = static_cast<const T*>(b.a) + ((static_cast<int64_t>(rc.n) * b.Hs + h) * b.Ws + w) * b.Ka + c0;
     }
@@ -77,32 +111,53 @@ __global__ void __launch_bounds__(NT, sizeof(T) == 2 ? 2 : 1) rowgemm_kernel(con
   using Mma = TileMma<T, true, !DGRAD>;
   constexpr int AB_BYTES = (2 * Lay::A_ELEMS + Lay::B_ELEMS) * static_cast<int>(sizeof(T));
   constexpr int SMEM = AB_BYTES > Lay::C_BYTES ? AB_BYTES : Lay::C_BYTES;
-  static_assert(SMEM <= 48 * 1024, "static shared memory limit");
+  static_assert(SMEM + 2 * BM * 4 <= 48 * 1024, "static shared memory limit");
   __shared__ __align__(128) unsigned char smem[SMEM];
+  __shared__ int row_pix[2][BM];  // output pixel of each tile row, per accumulator (-1: no row)
   T* As0 = reinterpret_cast<T*>(smem);
   T* As1 = As0 + Lay::A_ELEMS;
   T* Bs = As1 + Lay::A_ELEMS;
   float* Cs = reinterpret_cast<float*>(smem);
 
-  // ---- which tile(s) this block owns
-  int tm, tn, mode;
-  const int bid = static_cast<int>(blockIdx.x);
-  if (bid < p.tiles_full) {
-    swizzle(bid, p.br[0].nm, p.br[0].nn, p.group_m, tm, tn);
-    mode = (p.share && tm < p.br[1].nm && tn < p.br[1].nn) ? kPair : kFull;
-  } else {
-    const int t = bid - p.tiles_full;
-    if (t >= p.tiles_small) return;  // never happens with the host's grid; whole block exits
-    tm = t / p.br[1].nn;
-    tn = t - tm * p.br[1].nn;
-    if (p.share) tm += p.br[0].nm;  // small tiles with tm < nm_full were paired
-    mode = kSmall;
+  // ---- which tile(s) this block owns: (phase class, tm, tn) and the mode
+  const int psh = DGRAD ? p.sh : 1, psw = DGRAD ? p.sw : 1;
+  const RowBranch& bf = p.br[0];
+  const RowBranch& bs = p.br[1];
+  int rem = static_cast<int>(blockIdx.x);
+  int tm = 0, tn = 0, mode = -1, qh = 0, qw = 0;
+  for (int q = 0; q < p.nqh * p.nqw && mode < 0; ++q) {  // full tiles, paired where possible
+    qh = q / p.nqw;
+    qw = q - qh * p.nqw;
+    const PhaseDims df(bf, qh, qw, psh, psw), ds(bs, qh, qw, psh, psw);
+    const int cnt = df.nm * bf.nn;
+    if (rem < cnt) {
+      swizzle(rem, df.nm, bf.nn, p.group_m, tm, tn);
+      mode = (p.share && tm < ds.nm && tn < bs.nn) ? kPair : kFull;
+    } else {
+      rem -= cnt;
+    }
   }
-  const RowBranch& b0 = p.br[mode == kSmall ? 1 : 0];  // the branch of accumulator 0
-  const RowBranch& b1 = p.br[1];                        // accumulator 1 (paired tiles only)
+  for (int q = 0; q < p.nqh * p.nqw && mode < 0; ++q) {  // small tiles nobody paired
+    qh = q / p.nqw;
+    qw = q - qh * p.nqw;
+    const PhaseDims df(bf, qh, qw, psh, psw), ds(bs, qh, qw, psh, psw);
+    const int first = p.share ? df.nm : 0;
+    const int cnt = (ds.nm > first ? ds.nm - first : 0) * bs.nn;
+    if (rem < cnt) {
+      tm = first + rem / bs.nn;
+      tn = rem - (rem / bs.nn) * bs.nn;
+      mode = kSmall;
+    } else {
+      rem -= cnt;
+    }
+  }
+  if (mode < 0) return;  // never happens with the host's grid; the whole block exits
+  const RowBranch& b0 = mode == kSmall ? bs : bf;  // the branch of accumulator 0
+  const RowBranch& b1 = bs;                        // accumulator 1 (paired tiles only)
   const T* scale = static_cast<const T*>(p.scale);
   const T* a_scale0 = (DGRAD && mode == kSmall) ? scale : nullptr;
   const T* a_scale1 = DGRAD ? scale : nullptr;
+  const TapAxis tr(DGRAD, qh, p.ph, p.dh, p.sh, p.R), ts(DGRAD, qw, p.pw, p.dw, p.sw, p.S);
 
   // ---- per-thread load assignments
   const int tid = threadIdx.x;
@@ -110,19 +165,28 @@ __global__ void __launch_bounds__(NT, sizeof(T) == 2 ? 2 : 1) rowgemm_kernel(con
   const int bk_n = tid >> 2, bk_k0 = (tid & 3) * 8;            // B K-major (fprop): runs along k
   const int bn_k = tid >> 3, bn_n0 = (tid & 7) * 8;            // B N-major (dgrad): runs along n
   RowCtx<DGRAD> rc0, rc1;
-  rc0.setup(b0, p, tm * BM + a_row);
-  if (mode == kPair) rc1.setup(b1, p, tm * BM + a_row);
+  rc0.setup(b0, p, PhaseDims(b0, qh, qw, psh, psw), qh, qw, tm * BM + a_row);
+  if (mode == kPair) rc1.setup(b1, p, PhaseDims(b1, qh, qw, psh, psw), qh, qw, tm * BM + a_row);
+  if ((tid & 1) == 0) {  // published by the barrier after the first commit
+    row_pix[0][a_row] = rc0.pix;
+    row_pix[1][a_row] = rc1.pix;
+  }
 
   const int RS = p.R * p.S;
   const int ncb_loop = b0.ncb;      // full: ceil(C_k/BK); small-only: the small branch's own
   const int ncb_pair = b1.ncb;      // paired: accumulator 1 takes channel blocks below this
-  const int nkb = RS * ncb_loop;
+  const int nkb = tr.count * ts.count * ncb_loop;
   const T* wgt = static_cast<const T*>(p.w);
 
   T ra0[16], ra1[16], rb[8];
   auto load = [&](int kb) {
-    const int tap = kb / ncb_loop, cb = kb - tap * ncb_loop;
-    const int r = tap / p.S, s = tap - r * p.S;
+    const int ti = kb / ncb_loop, cb = kb - ti * ncb_loop;
+    const int ri = ti / ts.count, si = ti - (ti / ts.count) * ts.count;
+    const int r = tr.r0 + ri * tr.step, s = ts.r0 + si * ts.step;
+    const int tap = r * p.S + s;
+    // offset of the tap's A pixel from the row's base pixel
+    const int oh = DGRAD ? (qh + p.ph - r * p.dh) / p.sh : r * p.dh;
+    const int ow = DGRAD ? (qw + p.pw - s * p.dw) / p.sw : s * p.dw;
     // weight run
     {
       int limit = 0;
@@ -142,8 +206,8 @@ __global__ void __launch_bounds__(NT, sizeof(T) == 2 ? 2 : 1) rowgemm_kernel(con
       }
       load_run<T, 8>(rb, ptr, limit, p.vec_w != 0);
     }
-    load_a<T, DGRAD>(ra0, b0, p, rc0, r, s, cb * BK + a_k0, a_scale0);
-    if (mode == kPair && cb < ncb_pair) load_a<T, DGRAD>(ra1, b1, p, rc1, r, s, cb * BK + a_k0, a_scale1);
+    load_a<T, DGRAD>(ra0, b0, rc0, oh, ow, cb * BK + a_k0, a_scale0);
+    if (mode == kPair && cb < ncb_pair) load_a<T, DGRAD>(ra1, b1, rc1, oh, ow, cb * BK + a_k0, a_scale1);
   };
   auto commit = [&](int kb) {
     const int cb = kb % ncb_loop;
@@ -156,8 +220,10 @@ __global__ void __launch_bounds__(NT, sizeof(T) == 2 ? 2 : 1) rowgemm_kernel(con
   Mma acc0, acc1;
   acc0.zero();
   acc1.zero();
-  load(0);
-  commit(0);
+  if (nkb > 0) {  // a dgrad phase class may have no tap at all: its pixels get zeros
+    load(0);
+    commit(0);
+  }
   __syncthreads();
   for (int kb = 0; kb < nkb; ++kb) {
     const bool more = kb + 1 < nkb;
@@ -171,33 +237,34 @@ __global__ void __launch_bounds__(NT, sizeof(T) == 2 ? 2 : 1) rowgemm_kernel(con
 
   // ---- epilogue: stage each accumulator in shared memory, then coalesced, bounds-checked stores
   const T* bias = static_cast<const T*>(p.bias);
-  auto write_out = [&](const RowBranch& b, bool small) {
+  auto write_out = [&](const RowBranch& b, int slot, bool small) {
     T* out = static_cast<T*>(b.out);
     T* pre = static_cast<T*>(b.out_pre);
     for (int idx = tid; idx < BM * BN; idx += NT) {
       const int i = idx / BN, j = idx - (idx / BN) * BN;
-      const int m = tm * BM + i, n = tn * BN + j;
-      if (m < b.M && n < b.n_out) {
+      const int pix = row_pix[slot][i], n = tn * BN + j;
+      if (pix >= 0 && n < b.n_out) {
+        const int64_t o = static_cast<int64_t>(pix) * b.n_out + n;
         float v = Cs[i * Lay::LDC + j];
         if (!DGRAD) {
           if (bias != nullptr) v += to_f<T>(bias[n]);
           if (small) {
-            if (pre != nullptr) pre[static_cast<int64_t>(m) * b.n_out + n] = from_f<T>(v);
+            if (pre != nullptr) pre[o] = from_f<T>(v);
             if (scale != nullptr) v *= to_f<T>(scale[n]);
           }
         }
-        out[static_cast<int64_t>(m) * b.n_out + n] = from_f<T>(v);
+        out[o] = from_f<T>(v);
       }
     }
   };
   acc0.store(Cs);  // the loop ended with a barrier, so the A/B tiles are free
   __syncthreads();
-  write_out(b0, mode == kSmall);
+  write_out(b0, 0, mode == kSmall);
   if (mode == kPair) {
     __syncthreads();
     acc1.store(Cs);
     __syncthreads();
-    write_out(b1, true);
+    write_out(b1, 1, true);
   }
 }
 

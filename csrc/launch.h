@@ -13,19 +13,20 @@ enum class DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
 
 // ------------------------------------------------------------------------------------------------
 // fprop and dgrad: a grouped implicit GEMM whose rows are output pixels (NHWC), one launch for both
-// branches. fprop: M = N*P*Q, N = C_out, K = R*S*C_in.  dgrad: M = N*H*W, N = C_in, K = R*S*C_out.
+// branches. fprop: M = N*P*Q, N = C_out, K = R*S*C_in.  dgrad: M = N*H*W, N = C_in, K = R*S*C_out, with
+// the rows split into stride phase classes so that each class only visits the taps that reach it.
 // The K loop runs over (filter tap, channel block); channel blocks of the small branch are a prefix of
 // the full branch's, so a tile that owns a full and a small output tile loads each weight tile once.
 struct RowBranch {
   const void* a = nullptr;    // A source, NHWC contiguous [Nb, Hs, Ws, Ka]: x (fprop) or dz (dgrad)
-  void* out = nullptr;        // output, NHWC contiguous [M, n_out]: z (fprop) or dx (dgrad)
+  void* out = nullptr;        // output, NHWC contiguous [Nb, Ho, Wo, n_out]: z (fprop) or dx (dgrad)
   void* out_pre = nullptr;    // fprop, small branch: output before small_scale, or nullptr
-  int M = 0;                  // GEMM rows = Nb * Ho * Wo
-  int Ho = 1, Wo = 1;         // spatial size of the output rows
+  int Nb = 0;                 // batch
+  int Ho = 1, Wo = 1;         // spatial size of the output
   int Hs = 1, Ws = 1;         // spatial size of the A source
   int Ka = 1;                 // channels of the A source (the K channel extent; its row stride)
   int n_out = 1;              // output channels (GEMM N extent; the output's row stride)
-  int nm = 0, nn = 0, ncb = 0;  // ceil(M/BM), ceil(n_out/BN), ceil(Ka/BK)
+  int nn = 0, ncb = 0;        // ceil(n_out/BN), ceil(Ka/BK)
   int vec_a = 0;              // A rows may be read with 16-byte loads
 };
 
@@ -37,8 +38,9 @@ struct RowGemmParams {
   int C_out = 1, C_in = 1, R = 1, S = 1;
   int sh = 1, sw = 1, ph = 0, pw = 0, dh = 1, dw = 1;
   int vec_w = 0;              // weight rows may be read with 16-byte loads
+  int nqh = 1, nqw = 1;       // phase classes enumerated: dgrad min(stride, max Ho/Wo of the branches); fprop 1
   int tiles_full = 0;         // blocks [0, tiles_full) own a full tile (and the paired small tile)
-  int tiles_small = 0;        // blocks after them own the small tiles no full tile took
+  int tiles_small = 0;        // blocks after them own the small tiles no full tile took (see row_tiles)
   int share = 1;              // pair full and small tiles that need the same weight tile
   int group_m = 8;            // tile swizzle band height
 };

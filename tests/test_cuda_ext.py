@@ -159,6 +159,9 @@ CONV_CASES = [
     (2, 2, 33, 11, 65, 17, (2, 4), (2, 1), (0, 2), (1, 3), (13, 15), (9, 11)),  # asymmetric everything
     (16, 16, 64, 16, 64, 16, (3, 3), 1, 1, 1, (28, 28), (28, 28)),     # wgrad split-K over 12544 rows
     (1, 4, 6, 6, 7, 7, (6, 6), 1, 5, 1, (3, 4), (2, 2)),               # tiny input, large padding
+    (1, 2, 6, 3, 10, 5, (1, 1), 2, 0, 1, (9, 10), (8, 7)),             # 1x1 s2: dgrad classes with no tap
+    (2, 1, 8, 8, 12, 6, (3, 3), 2, 1, 2, (11, 12), (9, 9)),            # s2 d2: one class takes every tap
+    (2, 2, 3, 1, 5, 2, (2, 2), 5, 2, 1, (3, 4), (4, 3)),               # stride larger than the input
 ]
 
 

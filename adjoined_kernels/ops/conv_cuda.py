@@ -10,10 +10,9 @@ The kernels live in ``csrc/`` (schemas in ``csrc/torch_bindings.cpp``):
   with the same index when both exist, and feeds each weight tile of the shared channel prefix to both
   accumulators. Bias and the ``small_scale`` gate are applied in the epilogue.
 - ``adjoined::cuda_conv2d_dgrad``: the same kernel with M = N·H·W, N = C_in, K = R·S·C_out; ``dz_small``
-  is multiplied by ``small_scale`` as it is loaded. Stride > 1 and dilation > 1 use the same masked
-  gather (a tap that does not land on an output pixel contributes zero). That is correct for every
-  stride and dilation but slower for stride > 1: up to ``1 - 1/(sh*sw)`` of the MMA work multiplies
-  zeros (no sub-pixel decomposition yet).
+  is multiplied by ``small_scale`` as it is loaded. For stride > 1 the rows are split into the
+  ``sh x sw`` phase classes of the input pixels (sub-pixel decomposition), each visiting only the
+  filter taps that reach it, so a strided dgrad does no MMA work on zero taps. Any dilation works.
 - ``adjoined::cuda_conv2d_wgrad``: split-K implicit GEMM (M = C_out, N = R·S·C_in, K = N·P·Q) into an fp32
   workspace; tiles inside the ``[:c_out_s, :c_in_s]`` block take K blocks of both branches. A second
   kernel sums the splits in a fixed order, so dW is deterministic without atomics; db and

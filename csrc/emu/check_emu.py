@@ -4,7 +4,7 @@ as 256 threads); run under AddressSanitizer to catch out-of-bounds accesses:
 
     csrc/emu/build_emu.sh
     LD_PRELOAD=$(g++ -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0 \\
-        .venv/bin/python csrc/emu/check_emu.py build/emu/libadjoined_emu.so [--quick]
+        .venv/bin/python csrc/emu/check_emu.py build/emu/libadjoined_emu.so [--quick] [--cases=0,2] [--no-loss]
 """
 import os
 import sys
@@ -44,7 +44,8 @@ def conv_case(ops, case, dtype, share, fmt):
         xf, xs, w = (t.contiguous(memory_format=torch.channels_last) for t in (xf, xs, w))
     b = r(cout) if bias else None
     sc = r(couts) if scale else None
-    st, pd, dl = [s, s], [p, p], [d, d]
+    st, pd, dl = ([*v] if isinstance(v, tuple) else [v, v] for v in (s, p, d))
+    s, p, d = tuple(st), tuple(pd), tuple(dl)
     zf, zs, us = ops.cuda_conv2d_fprop(xf, xs, w, b, sc, st, pd, dl, couts, True, share)
     D = torch.float64
     bd = b.to(D) if bias else None
@@ -111,8 +112,15 @@ CONV_CASES = [
     (1, 1, 9, 3, 5, 2, 5, 5, 1, 2, 2, 12, 12, 10, 13, True, True),       # dilation 2, 5x5
     (1, 2, 8, 4, 16, 8, 3, 3, 3, 0, 1, 16, 17, 13, 12, False, False),    # stride 3 dgrad holes
     (3, 3, 64, 32, 64, 32, 1, 1, 1, 0, 1, 20, 20, 20, 20, True, True),   # wgrad split-K (M = 1200)
+    # strided dgrad phase classes: classes without taps, one tap per class, stride > input, asymmetric
+    (1, 2, 6, 3, 10, 5, 1, 1, 2, 0, 1, 9, 10, 8, 7, True, True),         # 1x1 s2: odd classes get zeros
+    (2, 1, 8, 8, 12, 6, 3, 3, 2, 1, 2, 11, 12, 9, 9, False, True),       # s2 d2: one class has every tap
+    (1, 2, 5, 2, 7, 3, 3, 3, 3, 1, 2, 13, 14, 10, 11, True, False),      # s3 d2: one tap per class
+    (1, 1, 4, 4, 6, 6, 3, 3, 4, 0, 1, 9, 10, 5, 6, True, True),          # s4 k3: a class with no tap
+    (2, 2, 3, 1, 5, 2, 2, 2, 5, 2, 1, 3, 4, 4, 3, False, False),         # stride > input size
+    (1, 2, 9, 4, 40, 20, 3, 5, (2, 3), (1, 2), (1, 2), 15, 17, 12, 13, True, True),  # asymmetric
 ]
-QUICK_CONV = CONV_CASES[:2]
+QUICK_CONV = CONV_CASES[:2] + CONV_CASES[6:]
 LOSS_CASES = [  # (B, C, eps, T, reduction, detach, ignored rows, int32 target)
     (4, 10, 1e-6, 1.0, "mean", False, 1, False),
     (3, 1000, 0.0, 2.5, "sum", True, 0, True),
@@ -125,13 +133,17 @@ def main():
     torch.ops.load_library(sys.argv[1])
     ops = torch.ops.adjoined_emu
     quick = "--quick" in sys.argv
-    for case in (QUICK_CONV if quick else CONV_CASES):
+    cases = QUICK_CONV if quick else CONV_CASES
+    picked = next((a.split("=")[1] for a in sys.argv if a.startswith("--cases=")), None)
+    if picked is not None:  # --cases=0,3,7 (indices into CONV_CASES; empty: no conv)
+        cases = [CONV_CASES[int(i)] for i in picked.split(",") if i]
+    for case in cases:
         for dtype in (torch.float32, torch.float16, torch.bfloat16):
             for share in ((True,) if quick else (True, False)):
                 fmt = "cl" if share else "nchw"
                 print(f"conv {case} {dtype} share={share} {fmt}")
                 conv_case(ops, case, dtype, share, fmt)
-    for case in LOSS_CASES:
+    for case in ([] if "--no-loss" in sys.argv else LOSS_CASES):
         for dtype in (torch.float32, torch.float16, torch.bfloat16):
             print(f"loss {case} {dtype}")
             loss_case(ops, case, dtype)
