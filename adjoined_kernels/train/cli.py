@@ -135,10 +135,15 @@ def main(argv=None) -> int:
     threads = torch.get_num_threads()
     if args.threads:
         torch.set_num_threads(args.threads)
+    # Real images drive CPU activations and gradients into denormals, which made training steps ~10x
+    # slower on x86 (5 s vs 0.45 s for the demo model); flushing them to zero costs no accuracy.
+    denormal = torch.set_flush_denormal(True)
     try:
         return _run(args)
     finally:
         torch.set_num_threads(threads)
+        if denormal:
+            torch.set_flush_denormal(False)
 
 
 def _run(args) -> int:
