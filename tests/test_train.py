@@ -324,5 +324,5 @@ def test_check_fails_on_broken_loss(idx_dir, monkeypatch, capsys):
 def test_defaults_are_the_demo():
     a = cli.build_parser().parse_args([])
     assert (a.dataset, a.arch, a.stem, a.width, a.alpha, a.epochs, a.batch_size, a.optimizer, a.schedule,
-            a.lam_schedule, a.method) == ("fashion-mnist", "resnet18", "cifar", 16, 4, 4, 128, "sgd", "onecycle",
+            a.lam_schedule, a.method) == ("fashion-mnist", "resnet18", "cifar", 16, 4, 2, 128, "sgd", "onecycle",
                                           "quadratic", "adjoined")

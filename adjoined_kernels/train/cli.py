@@ -1,7 +1,7 @@
 """``adjoined-train``: train an adjoined ResNet (or a baseline) and report both networks.
 
 ``adjoined-train --out runs/demo`` with no other argument is the demo: Fashion-MNIST, adjoined ResNet-18
-(cifar stem, base width 16, alpha 4), 4 epochs, SGD+Nesterov with one-cycle LR, quadratic lambda(t).
+(cifar stem, base width 16, alpha 4), 2 epochs, SGD+Nesterov with one-cycle LR, quadratic lambda(t).
 Every default lives in :data:`DEFAULTS` below.
 
 Outputs in ``--out``: metrics.jsonl (one line per epoch), checkpoint.pt (every epoch, atomic), summary.json,
@@ -20,7 +20,7 @@ import time
 DEFAULTS = dict(
     method="adjoined", dataset="fashion-mnist", data_dir=None, image_size=None,
     arch="resnet18", width=16, alpha=4, stem="cifar",
-    epochs=4, batch_size=128, eval_batch_size=500,
+    epochs=2, batch_size=128, eval_batch_size=500,
     optimizer="sgd", lr=0.15, momentum=0.9, weight_decay=5e-4,
     schedule="onecycle", pct_start=0.25, div_factor=10.0, final_div_factor=100.0, milestones=[150, 180, 210],
     gamma=0.1,
