@@ -9,7 +9,8 @@ STAMP := $(VENV)/.setup-stamp
 
 setup: $(STAMP) data
 
-$(STAMP): setup.py
+# Rebuilt when the build script or a CUDA source changes (the editable install compiles csrc/ into _C).
+$(STAMP): setup.py $(wildcard csrc/*.cu csrc/*.cuh csrc/*.cpp csrc/*.h)
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
 	$(PY) -m pip install -q torch triton numpy tqdm matplotlib onnx onnxruntime onnxscript pytest pytest-benchmark

@@ -15,6 +15,8 @@
 #define ADJ_NS adjoined
 #define ADJ_KEY CUDA
 #endif
+#define ADJ_STR_(x) #x
+#define ADJ_STR(x) ADJ_STR_(x)
 
 // The namespace is shared with Python-registered ops, so this is a fragment, not the one TORCH_LIBRARY.
 TORCH_LIBRARY_FRAGMENT(ADJ_NS, m) {
@@ -51,5 +53,5 @@ TORCH_LIBRARY_IMPL(ADJ_NS, ADJ_KEY, m) {
 }
 
 // Referenced by stand-alone C++ programs (csrc/tests) so that the linker keeps this library, whose
-// static registrars above run when it loads.
-extern "C" int adjoined_kernels_ops_registered() { return 4; }
+// static registrars above run when it loads. Returns the op namespace.
+extern "C" const char* adjoined_kernels_namespace() { return ADJ_STR(ADJ_NS); }

@@ -6,6 +6,7 @@ under the Triton interpreter, DESIGN §4). Device side: the GROUP_M tile swizzle
 from __future__ import annotations
 
 import contextlib
+import os
 
 import torch
 import triton
@@ -72,10 +73,18 @@ def nhwc_strides(x: torch.Tensor) -> tuple[int, int, int, int]:
     return sn, sh, sw, sc
 
 
+# ADJOINED_TRITON_AUTOTUNE=0 keeps one GPU config (the launch-bound default of gemm_prune): the GPU test
+# suite then compiles one kernel per specialisation instead of one per config. Read once at import.
+AUTOTUNE = os.environ.get("ADJOINED_TRITON_AUTOTUNE", "1") != "0"
+UNTUNED = (64, 64, 32, 4, 3)
+
+
 def configs(space, interp):
-    """The autotune space on a GPU; the single config ``interp`` under the interpreter (DESIGN §4)."""
+    """The autotune space on a GPU (``UNTUNED`` alone when ADJOINED_TRITON_AUTOTUNE=0); the single config
+    ``interp`` under the interpreter (DESIGN §4)."""
     if INTERPRET:
         return [triton.Config(interp, num_warps=4, num_stages=1)]
+    space = space if AUTOTUNE else [UNTUNED]
     return [triton.Config(dict(BM=bm, BN=bn, BK=bk, GROUP_M=8), num_warps=w, num_stages=st)
             for bm, bn, bk, w, st in space]
 

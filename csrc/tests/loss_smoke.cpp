@@ -1,18 +1,39 @@
-// Stand-alone smoke test of the CMake build: looks up adjoined::cuda_adjoined_loss_fwd in the dispatcher,
-// and on a GPU runs it once against an ATen reference (loss value, and rows of both gradients summing to
-// zero, which holds for CE + KL with softmax inputs). Without a GPU it says so and exits 0.
+// Stand-alone smoke test of the CMake build: asks the dispatcher whether every adjoined::cuda_* op has a
+// CUDA kernel (one line per op, then the count; exit 1 if one is missing). On a GPU it also runs the loss op
+// once against an ATen reference (loss value, and rows of both gradients summing to zero, which holds for
+// CE + KL with softmax inputs). Without a GPU it says so and exits 0.
 #include <cmath>
 #include <cstdio>
+#include <iterator>
+#include <string>
 #include <tuple>
 
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/cuda/CUDAFunctions.h>
 
-extern "C" int adjoined_kernels_ops_registered();
+extern "C" const char* adjoined_kernels_namespace();
+
+static const char* const kOps[] = {"cuda_conv2d_fprop", "cuda_conv2d_dgrad", "cuda_conv2d_wgrad",
+                                   "cuda_adjoined_loss_fwd"};
+
+// Number of kOps that the dispatcher knows with a CUDA kernel.
+static int count_cuda_kernels() {
+  const std::string ns = adjoined_kernels_namespace();
+  int n = 0;
+  for (const char* name : kOps) {
+    auto op = c10::Dispatcher::singleton().findOp({ns + "::" + name, ""});
+    const bool ok = op.has_value() && op->hasKernelForDispatchKey(c10::DispatchKey::CUDA);
+    std::printf("%s::%s: %s\n", ns.c_str(), name, ok ? "CUDA kernel registered" : "MISSING");
+    n += ok;
+  }
+  return n;
+}
 
 int main() {
-  std::printf("adjoined ops in the library: %d\n", adjoined_kernels_ops_registered());
+  const int registered = count_cuda_kernels();
+  std::printf("adjoined ops with a CUDA kernel: %d of %zu\n", registered, std::size(kOps));
+  if (registered != static_cast<int>(std::size(kOps))) return 1;
   auto op = c10::Dispatcher::singleton()
                 .findSchemaOrThrow("adjoined::cuda_adjoined_loss_fwd", "")
                 .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
