@@ -326,3 +326,11 @@ def test_defaults_are_the_demo():
     assert (a.dataset, a.arch, a.stem, a.width, a.alpha, a.epochs, a.batch_size, a.optimizer, a.schedule,
             a.lam_schedule, a.method) == ("fashion-mnist", "resnet18", "cifar", 16, 4, 2, 128, "sgd", "onecycle",
                                           "quadratic", "adjoined")
+
+
+@pytest.mark.parametrize("argv,epochs,want", [([], 2, False), ([], 10, True), (["--augment", "on"], 2, True),
+                                              (["--augment", "off"], 50, False), (["--no-augment"], 50, False)])
+def test_augmentation_auto_is_on_for_long_runs_only(argv, epochs, want):
+    from adjoined_kernels.train.data import augmenting
+    a = cli.build_parser().parse_args(argv + ["--epochs", str(epochs)])
+    assert augmenting(a) is want

@@ -20,7 +20,7 @@ import time
 DEFAULTS = dict(
     method="adjoined", dataset="fashion-mnist", data_dir=None, image_size=None,
     arch="resnet18", width=16, alpha=4, stem="cifar",
-    epochs=2, batch_size=128, eval_batch_size=500,
+    epochs=2, augment="auto", batch_size=128, eval_batch_size=500,
     optimizer="sgd", lr=0.15, momentum=0.9, weight_decay=5e-4,
     schedule="onecycle", pct_start=0.25, div_factor=10.0, final_div_factor=100.0, milestones=[150, 180, 210],
     gamma=0.1,
@@ -32,7 +32,7 @@ DEFAULTS = dict(
 
 def build_parser() -> argparse.ArgumentParser:
     from ..schedules import SCHEDULES
-    from .data import DATASETS
+    from .data import AUTO_AUGMENT_EPOCHS, DATASETS
     d = DEFAULTS
     p = argparse.ArgumentParser(
         prog="adjoined-train", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -49,7 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="imagefolder only: images are resized to this square size (default 64)")
     g.add_argument("--subset", type=int, default=None, metavar="N",
                    help="use only N train and N test images (smoke tests)")
-    g.add_argument("--no-augment", action="store_true", help="no random crop / flip")
+    g.add_argument("--augment", choices=["auto", "on", "off"], default=d["augment"],
+                   help="random crop with padding, and flip where it suits the data. auto: on for runs of at "
+                        f"least {AUTO_AUGMENT_EPOCHS} epochs; shorter runs underfit, and augmentation then costs "
+                        "accuracy (the 2-epoch demo: 0.904 with it, 0.920 without)")
+    g.add_argument("--no-augment", dest="augment", action="store_const", const="off",
+                   default=argparse.SUPPRESS, help="same as --augment off")
     g.add_argument("--workers", type=int, default=d["workers"],
                    help="> 0: prepare batches (crop, flip) in a background thread")
     g = p.add_argument_group("model")
@@ -150,7 +155,7 @@ def _run(args) -> int:
     import torch
 
     from .. import available_backends
-    from .data import DataError, load_dataset
+    from .data import DataError, augmenting, load_dataset
     from .loop import ResumeError, build_adjoined, pick_device
 
     try:
@@ -174,7 +179,8 @@ def _run(args) -> int:
     except DataError as e:
         return fail(str(e))
     print(f"{ds.name}: {len(ds.x_train)} train / {len(ds.x_test)} test images {tuple(ds.x_train.shape[1:])}, "
-          f"{ds.num_classes} classes, from {ds.root} ({time.perf_counter() - t_load:.1f}s)")
+          f"{ds.num_classes} classes, from {ds.root} ({time.perf_counter() - t_load:.1f}s); augmentation "
+          f"{'on' if augmenting(args) else 'off'} (--augment {args.augment})")
     try:
         torch.manual_seed(args.seed)
         probe = build_adjoined(args, ds)  # validates arch/width/alpha before anything is written

@@ -314,6 +314,15 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1000 + epoch)
 
 
+# --augment auto turns augmentation on from this many epochs: a regulariser that short runs cannot afford.
+AUTO_AUGMENT_EPOCHS = 10
+
+
+def augmenting(args) -> bool:
+    """Whether training batches are augmented: ``--augment on``, or ``auto`` with enough ``--epochs``."""
+    return args.augment == "on" or (args.augment == "auto" and args.epochs >= AUTO_AUGMENT_EPOCHS)
+
+
 def train_batches(ds: Dataset, batch_size: int, gen: torch.Generator, augment_data: bool = True):
     """Yield ``(uint8 images, labels)`` for one shuffled epoch; a partial last batch is dropped when the
     split holds at least one full batch (BatchNorm needs > 1 sample)."""

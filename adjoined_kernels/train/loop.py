@@ -26,7 +26,7 @@ from .. import lambda_schedule
 from .. import models as ak_models
 from ..export import export_full, export_small
 from ..ops.adjoined_loss import adjoined_loss
-from .data import Dataset, epoch_generator, normalize, steps_per_epoch, train_batches
+from .data import Dataset, augmenting, epoch_generator, normalize, steps_per_epoch, train_batches
 
 # Arguments that must match between a checkpoint and the run that resumes it.
 RESUME_KEYS = ("method", "dataset", "arch", "width", "alpha", "stem", "epochs", "batch_size", "lr", "optimizer",
@@ -257,7 +257,7 @@ def train(args, ds: Dataset, device, log=print):
         bar = tqdm(total=spe, desc=f"epoch {epoch + 1}/{args.epochs}", disable=not args.progress,
                    dynamic_ncols=True, leave=False, file=sys.stderr)
         lam = lr = 0.0
-        for i, (xb, yb) in enumerate(_prefetch(train_batches(ds, args.batch_size, gen, not args.no_augment),
+        for i, (xb, yb) in enumerate(_prefetch(train_batches(ds, args.batch_size, gen, augmenting(args)),
                                                args.workers)):
             lam = lambda_schedule(min(step / total, 1.0), args.lam_schedule, args.lam_scale)
             x, y = _prep(xb, ds, device, cl), yb.to(device, non_blocking=True)
