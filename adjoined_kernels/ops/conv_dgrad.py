@@ -268,6 +268,13 @@ def _dgrad_launch(dz_full, dz_small, weight, small_scale, input_hw, c_in_s, stri
 # Op registration and reference
 
 
+def dgrad_impl(dz_full, dz_small, weight, small_scale, input_hw, c_in_s, stride, padding, dilation, share_weights):
+    """The body of :func:`conv2d_dgrad`, callable without the custom-op dispatch (eager fast path)."""
+    with on_device(dz_full):
+        return _dgrad_launch(dz_full, dz_small, weight, dense(small_scale), tuple(input_hw), c_in_s, tuple(stride),
+                             tuple(padding), tuple(dilation), share_weights)
+
+
 @torch.library.custom_op("adjoined::conv2d_dgrad", mutates_args=())
 def conv2d_dgrad(dz_full: torch.Tensor, dz_small: torch.Tensor, weight: torch.Tensor,
                  small_scale: Optional[torch.Tensor], input_hw: list[int], c_in_s: int, stride: list[int],
@@ -284,9 +291,8 @@ def conv2d_dgrad(dz_full: torch.Tensor, dz_small: torch.Tensor, weight: torch.Te
     Returns:
         ``(dx_full [N1, C_in, H1, W1], dx_small [N2, c_in_s, H2, W2])``, channels_last.
     """
-    with on_device(dz_full):
-        return _dgrad_launch(dz_full, dz_small, weight, dense(small_scale), tuple(input_hw), c_in_s, tuple(stride),
-                             tuple(padding), tuple(dilation), share_weights)
+    return dgrad_impl(dz_full, dz_small, weight, small_scale, input_hw, c_in_s, stride, padding, dilation,
+                      share_weights)
 
 
 @conv2d_dgrad.register_fake

@@ -265,6 +265,15 @@ def _check_geometry(x_full, dz_full, kernel_size, stride, padding, dilation):
                              f"{tuple(x_full.shape[2:])} gives {want} along dim {2 + d}")
 
 
+def wgrad_impl(x_full, x_small, dz_full, dz_small, small_scale, kernel_size, stride, padding, dilation, need_bias):
+    """The body of :func:`conv2d_wgrad`, callable without the custom-op dispatch (eager fast path)."""
+    _check_geometry(x_full, dz_full, kernel_size, stride, padding, dilation)
+    _check_geometry(x_small, dz_small, kernel_size, stride, padding, dilation)
+    with on_device(x_full):
+        return _wgrad_launch(x_full, x_small, dz_full, dz_small, dense(small_scale), tuple(kernel_size),
+                             tuple(stride), tuple(padding), tuple(dilation), need_bias)
+
+
 @torch.library.custom_op("adjoined::conv2d_wgrad", mutates_args=())
 def conv2d_wgrad(x_full: torch.Tensor, x_small: torch.Tensor, dz_full: torch.Tensor, dz_small: torch.Tensor,
                  small_scale: Optional[torch.Tensor], kernel_size: list[int], stride: list[int],
@@ -284,11 +293,8 @@ def conv2d_wgrad(x_full: torch.Tensor, x_small: torch.Tensor, dz_full: torch.Ten
     Raises:
         ValueError: dz's spatial size does not match the convolution geometry.
     """
-    _check_geometry(x_full, dz_full, kernel_size, stride, padding, dilation)
-    _check_geometry(x_small, dz_small, kernel_size, stride, padding, dilation)
-    with on_device(x_full):
-        return _wgrad_launch(x_full, x_small, dz_full, dz_small, dense(small_scale), tuple(kernel_size),
-                             tuple(stride), tuple(padding), tuple(dilation), need_bias)
+    return wgrad_impl(x_full, x_small, dz_full, dz_small, small_scale, kernel_size, stride, padding, dilation,
+                      need_bias)
 
 
 @conv2d_wgrad.register_fake
