@@ -1,70 +1,164 @@
-"""Fused adjoined loss (forward with both gradients) vs eager PyTorch and torch.compile (GPU).
+"""Fused adjoined loss (forward with both gradients) vs eager PyTorch, torch.compile and Liger-Kernel, on a GPU.
 
-Every provider is checked against the fp32 reference before timing. Small problems are timed with CUDA
-graphs (they are launch-bound). GB/s counts the minimal traffic: read both logits, write both gradients.
+Sizes: B in {256, 4096} x C in {10, 100, 1000, 32000, 128000}, bf16 logits, lam a device tensor. Providers:
+  eager    adjoined_loss_ref (PyTorch ops)        compile  torch.compile(adjoined_loss_ref), static shapes
+  liger    Liger-Kernel's CE + KL (eps = 0 form), recorded as skipped when liger_kernel does not import
+  triton   adjoined_loss(backend="triton")        cuda     adjoined_loss(backend="cuda"), when built
+Every provider is checked against the fp32 reference first (bf16 error <= 2x eager's own + 1e-3). Launch-bound
+sizes (under ~50 us) are timed by CUDA-graph replay. GB/s counts the minimal traffic: read both logits, write
+both gradients. Rows are appended as measured; work stops when --budget-s is spent.
+
+    PYTHONPATH=$PWD python3 bench/bench_loss.py --out bench/results/DATE-GPU-loss.csv [--quick] [--budget-s 200]
 """
 from __future__ import annotations
 
 import argparse
+import functools
+import sys
 
 import torch
 
 import adjoined_kernels as ak
-from common import CsvWriter, bench_ms, peak_rates, rel_err, run_meta
+from common import (NAN, Budget, CsvWriter, error_text, now, peak_rates, raise_recompile_limits, ratio, rel_err,
+                    run_meta, run_plan, time_fn, within_tolerance)
+
+PROVIDERS = ("eager", "compile", "liger", "triton", "cuda")
+BATCHES = (256, 4096)
+CLASSES = (10, 100, 1000, 32000, 128000)
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+FIELDS = ["kernel", "provider", "mode", "shape", "alpha", "dtype", "N", "C", "ms_p20", "ms_p50", "ms_p80", "gbps",
+          "pct_peak_bw", "speedup_vs_eager", "speedup_vs_compile", "timing", "max_rel_err", "correct", "error",
+          "peak_mem_MB", "peak_gbps_measured", "gpu_name", "torch", "triton", "git_sha", "timestamp"]
 
 
-def providers():
-    compiled = torch.compile(ak.adjoined_loss_ref, dynamic=False)
-    return {"eager": ak.adjoined_loss_ref, "compile": compiled,
-            "triton": lambda *a: ak.adjoined_loss(*a, backend="triton")}
+def loss_bytes(b: int, c: int, elem: int) -> int:
+    """Minimal traffic of the fused loss: read both logits, write both gradients."""
+    return 4 * b * c * elem
 
 
-def step(loss_fn, lf, ls, target, lam):
+def _loss_ref_compile(*args):
+    return ak.adjoined_loss_ref(*args)
+
+
+def liger_loss():
+    """CE(logits_full) + lam * KL(softmax(full) || softmax(small)) from Liger-Kernel's fused CE and KL.
+
+    Raises ImportError when liger_kernel is not installed. Liger's KL has no eps, so it is checked against the
+    eps = 0 reference.
+    """
+    from liger_kernel.transformers import LigerCrossEntropyLoss, LigerKLDIVLoss
+    ce, kl = LigerCrossEntropyLoss(), LigerKLDIVLoss(reduction="batchmean", log_target=True)
+
+    def fn(lf, ls, target, lam):
+        log_q, log_p = torch.log_softmax(ls.float(), -1), torch.log_softmax(lf.float(), -1)
+        return ce(lf, target) + lam * kl(log_q, log_p)
+    return fn
+
+
+@functools.lru_cache(maxsize=None)
+def provider_fn(name: str):
+    """(loss_fn(lf, ls, target, lam), eps of the reference it is checked against)."""
+    if name == "eager":
+        return ak.adjoined_loss_ref, 1e-6
+    if name == "compile":
+        return torch.compile(_loss_ref_compile, dynamic=False), 1e-6
+    if name == "liger":
+        return liger_loss(), 0.0
+    return functools.partial(ak.adjoined_loss, backend=name), 1e-6
+
+
+def step(loss_fn, lf, ls, target, lam, eps=None):
     """Loss and both gradients, as a training step needs them."""
-    loss = loss_fn(lf, ls, target, lam)
+    loss = loss_fn(lf, ls, target, lam) if eps is None else loss_fn(lf, ls, target, lam, eps)
     return (loss, *torch.autograd.grad(loss, (lf, ls)))
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--batch", type=int, nargs="+", default=[256, 4096])
-    ap.add_argument("--classes", type=int, nargs="+", default=[10, 100, 1000, 32000, 128000])
-    ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
-    args = ap.parse_args()
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
-    meta, csv, peaks = run_meta(), CsvWriter(args.out), peak_rates()
-    fns = providers()
-    for b in args.batch:
-        for c in args.classes:
-            lf = torch.randn(b, c, device="cuda", dtype=dtype).mul_(3).requires_grad_()
-            ls = torch.randn(b, c, device="cuda", dtype=dtype).mul_(3).requires_grad_()
-            target = torch.randint(0, c, (b,), device="cuda")
-            lam = torch.tensor(0.7, device="cuda")
-            ref = step(ak.adjoined_loss_ref, lf.float().detach().requires_grad_(),
-                       ls.float().detach().requires_grad_(), target, lam)
-            errs = {n: max(rel_err(a, r) for a, r in zip(step(f, lf, ls, target, lam), ref)) for n, f in fns.items()}
-            ok = {n: e <= 2 * errs["eager"] + 1e-3 for n, e in errs.items()}
-            small = b * c < 2 ** 24
-            times, mem = {}, {}
-            for name, fn in fns.items():
-                torch.cuda.reset_peak_memory_stats()
-                run = lambda fn=fn: step(fn, lf, ls, target, lam)  # noqa: E731
-                times[name] = bench_ms(run, cudagraph=small) if ok[name] else (float("nan"),) * 3
-                mem[name] = torch.cuda.max_memory_allocated() / 2 ** 20
-            nbytes = 4 * b * c * lf.element_size()
-            for name, (p50, p20, p80) in times.items():
-                gbps = nbytes / p50 / 1e6
-                csv.write(dict(kernel="adjoined_loss", provider=name, mode="full", shape=f"{b}x{c}", alpha="",
-                               dtype=args.dtype, N=b, C=c, ms_p20=p20, ms_p50=p50, ms_p80=p80, gbps=gbps,
-                               pct_peak_bw=100 * gbps / peaks["peak_gbps"], timing="cudagraph" if small else "do_bench",
-                               speedup_vs_eager=times["eager"][0] / p50, speedup_vs_compile=times["compile"][0] / p50,
-                               max_rel_err=errs[name], correct=ok[name], peak_mem_MB=mem[name],
-                               peak_gbps_measured=peaks["peak_gbps"], **meta))
-            print(f"B={b:5d} C={c:6d} " + " ".join(f"{k}={v[0]:.4f}ms" for k, v in times.items()), flush=True)
-            del lf, ls, ref
-            torch.cuda.empty_cache()
+def build_plan(batches=BATCHES, classes=CLASSES, providers=PROVIDERS) -> list[tuple]:
+    """(B, C, providers) jobs; eager (every speedup's baseline) is measured first in each."""
+    provs = ("eager",) + tuple(p for p in providers if p != "eager")
+    return [(b, c, provs) for b in batches for c in classes]
+
+
+class LossBench:
+    def __init__(self, out: str, dtype: str, peaks: dict, meta: dict, device="cuda"):
+        self.csv, self.dtype, self.peaks, self.meta, self.device = CsvWriter(out, FIELDS), dtype, peaks, meta, device
+
+    def row(self, b, c, prov, t, err, ok, error, base) -> dict:
+        elem = torch.empty((), dtype=DTYPES[self.dtype]).element_size()
+        p50 = t.p50 if t else NAN
+        gbps = loss_bytes(b, c, elem) / p50 / 1e6 if t else NAN
+        return dict(kernel="adjoined_loss", provider=prov, mode="full", shape=f"{b}x{c}", alpha="", dtype=self.dtype,
+                    N=b, C=c, ms_p20=t.p20 if t else NAN, ms_p50=p50, ms_p80=t.p80 if t else NAN, gbps=gbps,
+                    pct_peak_bw=100 * gbps / self.peaks["peak_gbps"], speedup_vs_eager=ratio(base.get("eager"), p50),
+                    speedup_vs_compile=ratio(base.get("compile"), p50), timing=t.method if t else "",
+                    max_rel_err=err, correct=ok, error=error, peak_mem_MB=t.peak_mem_MB if t else NAN,
+                    peak_gbps_measured=self.peaks["peak_gbps"], **self.meta, timestamp=now())
+
+    def run(self, job) -> None:
+        b, c, provs = job
+        torch.cuda.empty_cache()  # the previous size's blocks
+        g = dict(device=self.device, dtype=DTYPES[self.dtype])
+        lf = torch.randn(b, c, **g).mul_(3).requires_grad_()
+        ls = torch.randn(b, c, **g).mul_(3).requires_grad_()
+        target = torch.randint(0, c, (b,), device=self.device)
+        lam = torch.tensor(0.7, device=self.device)
+        refs = {}
+        base, line = {}, []
+        for prov in provs:
+            t, err, ok = None, NAN, False
+            try:
+                fn, eps = provider_fn(prov)
+                if eps not in refs:
+                    a, s = (x.detach().float().requires_grad_() for x in (lf, ls))
+                    refs[eps] = step(ak.adjoined_loss_ref, a, s, target, lam, eps)
+                err = max(rel_err(x, r) for x, r in zip(step(fn, lf, ls, target, lam), refs[eps]))
+                if prov == "eager":
+                    base["eager_err"] = err
+                ok = within_tolerance(err, base.get("eager_err", 0.0))
+                error = "" if ok else "wrong result: not timed"
+                if ok:
+                    t = time_fn(lambda: step(fn, lf, ls, target, lam))
+            except ImportError as e:
+                error = f"skipped: {error_text(e)}"
+            except Exception as e:
+                error = error_text(e)
+                torch.cuda.empty_cache()
+            base[prov] = t.p50 if t else NAN
+            self.csv.write(self.row(b, c, prov, t, err, ok, error, base))
+            line.append(f"{prov}={t.p50:.4f}ms" if t else f"{prov}=({error[:40]})")
+        print(f"B={b:5d} C={c:6d} " + " ".join(line), flush=True)
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True, help="CSV path (appended to)")
+    ap.add_argument("--budget-s", type=float, default=200, help="stop starting jobs after this many seconds")
+    ap.add_argument("--quick", action="store_true", help="smoke set: B=256, C in {100, 32000}")
+    ap.add_argument("--batch", type=int, nargs="+", default=list(BATCHES))
+    ap.add_argument("--classes", type=int, nargs="+", default=list(CLASSES))
+    ap.add_argument("--providers", nargs="+", default=list(PROVIDERS), choices=PROVIDERS)
+    ap.add_argument("--dtype", default="bf16", choices=list(DTYPES))
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    budget = Budget(args.budget_s)
+    if not torch.cuda.is_available():
+        print("bench_loss needs a CUDA GPU", file=sys.stderr)
+        return 1
+    torch.backends.cuda.matmul.allow_tf32 = False
+    raise_recompile_limits()  # one static compile per size
+    providers = [p for p in args.providers if p != "cuda" or "cuda" in ak.available_backends()]
+    if args.quick:
+        args.batch, args.classes = [256], [100, 32000]
+    bench = LossBench(args.out, args.dtype, peak_rates(), run_meta())
+    jobs = build_plan(args.batch, args.classes, providers)
+    print(f"{len(jobs)} jobs, budget {budget.left():.0f} s; peaks {bench.peaks}", flush=True)
+    done, skipped = run_plan(jobs, bench.run, budget, label=lambda j: f"B={j[0]} C={j[1]}")
+    print(f"done {len(done)} jobs, skipped {len(skipped)}, {budget.clock() - budget.start:.0f} s", flush=True)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,0 +1,180 @@
+"""End-to-end training throughput of adjoined ResNet-50 vs standard training, on a GPU.
+
+ResNet-50 at 224 px (stem imagenet, 1000 classes), alpha 4, bf16 autocast, channels_last, synthetic data, SGD
+with momentum; N in {64, 256}. Variants:
+  standard            export_full(model): the full network alone, cross-entropy only (the baseline)
+  adjoined-<backend>  the adjoined model and loss on each available backend (reference, triton, cuda)
+  authors             the authors' masked form (bench/authors.py) with the eager adjoined loss
+Each variant warms up (compile, autotune), then a fixed number of steps is timed with CUDA events; the loss must
+stay finite. The fused convs get autocast's casts from autocast_fused_convs: the package's custom ops are not
+on autocast's lists and reject a bf16 input with an fp32 weight. images/s counts input images (each trains
+both branches in the adjoined variants); the headline is adjoined over standard images/s. Rows are appended
+as measured; work stops when --budget-s is spent.
+
+    PYTHONPATH=$PWD python3 bench/bench_e2e.py --out bench/results/DATE-GPU-e2e.csv [--quick] [--budget-s 240]
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+import types
+
+import torch
+import torch.nn.functional as F
+
+import adjoined_kernels as ak
+from adjoined_kernels.export import export_full
+from authors import AuthorsResNet
+from common import NAN, Budget, CsvWriter, error_text, now, ratio, run_meta, run_plan
+
+MODEL = (ak.models.adjoined_resnet50, {"num_classes": 1000, "stem": "imagenet"}, 224)
+BATCHES = (256, 64)
+BACKENDS = ("cuda", "triton", "reference")
+ALPHA, LAM = 4, 0.5
+FIELDS = ["kernel", "provider", "mode", "shape", "alpha", "dtype", "N", "steps", "ms_p20", "ms_p50", "ms_p80",
+          "images_per_s", "speedup_vs_standard", "peak_mem_MB", "loss_first", "loss_last", "finite", "error",
+          "gpu_name", "torch", "triton", "git_sha", "timestamp"]
+
+
+def variants(backends) -> list[str]:
+    """Measuring order: the baseline first, then the fused backends (the headline), then the slower forms."""
+    return ["standard"] + [f"adjoined-{b}" for b in BACKENDS if b in backends] + ["authors"]
+
+
+def _autocast_forward(self, x_full, x_small, small_scale=None):
+    """FusedAdjoinedConv2d.forward with autocast's casts: inputs and weight in the autocast dtype, as autocast
+    does for F.conv2d (the fused custom ops are not on autocast's lists and reject mixed dtypes)."""
+    dev = x_full.device.type
+    if not torch.is_autocast_enabled(dev):
+        return type(self).forward(self, x_full, x_small, small_scale)
+    dt = torch.get_autocast_dtype(dev)
+    cast = (lambda t: None if t is None else t.to(dt))  # noqa: E731
+    with torch.autocast(dev, enabled=False):
+        return ak.adjoined_conv2d(cast(x_full), cast(x_small), cast(self.weight), cast(self.bias), self.stride,
+                                  self.padding, self.dilation, self.small_out_channels, cast(small_scale),
+                                  self.backend)
+
+
+def autocast_fused_convs(model: torch.nn.Module) -> torch.nn.Module:
+    for m in model.modules():
+        if isinstance(m, ak.FusedAdjoinedConv2d):
+            m.forward = types.MethodType(_autocast_forward, m)
+    return model
+
+
+def make_step(variant: str, n: int, device="cuda", model=MODEL, alpha=ALPHA, lr=0.01):
+    """A closure running one SGD training step of ``variant`` on a fixed synthetic batch; returns the loss."""
+    build, kwargs, hw = model
+    backend = variant.split("-", 1)[1] if variant.startswith("adjoined-") else "reference"
+    torch.manual_seed(0)
+    adjoined = build(alpha=alpha, backend=backend, **kwargs)
+    if variant == "standard":
+        net = export_full(adjoined)
+    elif variant == "authors":
+        net = AuthorsResNet(adjoined)
+    else:
+        net = autocast_fused_convs(adjoined)
+    net = net.to(device).to(memory_format=torch.channels_last).train()
+    x = torch.randn(n, 3, hw, hw, device=device).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, kwargs["num_classes"], (n,), device=device)
+    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9)
+    loss_backend = "reference" if variant == "authors" else backend
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast(device, dtype=torch.bfloat16):
+            out = net(x)
+            loss = F.cross_entropy(out, y) if variant == "standard" else \
+                ak.adjoined_loss(*out, y, LAM, backend=loss_backend)
+        loss.backward()
+        opt.step()
+        return loss.detach()
+    return step
+
+
+def time_steps(step, warmup: int, steps: int) -> dict:
+    """Warm up, then time ``steps`` steps with CUDA events: per-step ms quantiles, total ms, first/last loss."""
+    first = step()
+    for _ in range(warmup - 1):
+        step()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    events = [torch.cuda.Event(enable_timing=True) for _ in range(steps + 1)]
+    events[0].record()
+    for e in events[1:]:
+        last = step()
+        e.record()
+    torch.cuda.synchronize()
+    per = sorted(a.elapsed_time(b) for a, b in zip(events, events[1:]))
+    q = statistics.quantiles(per, n=10, method="inclusive")
+    return {"ms_p20": q[1], "ms_p50": statistics.median(per), "ms_p80": q[7],
+            "total_ms": events[0].elapsed_time(events[-1]), "loss_first": first.item(), "loss_last": last.item(),
+            "peak_mem_MB": torch.cuda.max_memory_allocated() / 2 ** 20}
+
+
+class E2EBench:
+    def __init__(self, out: str, warmup: int, steps: int, meta: dict):
+        self.csv, self.warmup, self.steps, self.meta = CsvWriter(out, FIELDS), warmup, steps, meta
+        self.standard: dict[int, float] = {}
+
+    def run(self, job) -> None:
+        variant, n = job
+        res, error = {}, ""
+        try:
+            res = time_steps(make_step(variant, n), self.warmup, self.steps)
+        except Exception as e:
+            error = error_text(e)
+        torch.cuda.empty_cache()
+        ips = n * self.steps / res["total_ms"] * 1e3 if res else NAN
+        finite = bool(res) and math.isfinite(res["loss_first"]) and math.isfinite(res["loss_last"])
+        if res and not finite:
+            error = "loss not finite"
+        if variant == "standard":
+            self.standard[n] = ips
+        self.csv.write(dict(kernel="resnet50_train_step", provider=variant, mode="train", shape="224px",
+                            alpha=ALPHA, dtype="bf16-autocast", N=n, steps=self.steps,
+                            ms_p20=res.get("ms_p20", NAN), ms_p50=res.get("ms_p50", NAN),
+                            ms_p80=res.get("ms_p80", NAN), images_per_s=ips,
+                            speedup_vs_standard=ratio(ips, self.standard.get(n)),  # a throughput ratio
+                            peak_mem_MB=res.get("peak_mem_MB", NAN), loss_first=res.get("loss_first", NAN),
+                            loss_last=res.get("loss_last", NAN), finite=finite, error=error, **self.meta,
+                            timestamp=now()))
+        summary = (f"{ips:8.0f} img/s  p50 {res['ms_p50']:.1f} ms/step  peak {res['peak_mem_MB'] / 1024:.1f} GiB"
+                   if res else error)
+        print(f"N={n:3d} {variant:18s} {summary}", flush=True)
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True, help="CSV path (appended to)")
+    ap.add_argument("--budget-s", type=float, default=240, help="stop starting variants after this many seconds")
+    ap.add_argument("--quick", action="store_true", help="smoke set: N=64, 2 warm-up and 3 timed steps")
+    ap.add_argument("--batch", type=int, nargs="+", default=list(BATCHES))
+    ap.add_argument("--variants", nargs="+", help="default: every available one")
+    ap.add_argument("--warmup", type=int, default=5, help="untimed steps (the first compiles and autotunes)")
+    ap.add_argument("--steps", type=int, default=20, help="timed steps")
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    budget = Budget(args.budget_s, min_job_s=10)
+    if not torch.cuda.is_available():
+        print("bench_e2e needs a CUDA GPU", file=sys.stderr)
+        return 1
+    torch.backends.cudnn.benchmark = True
+    if args.quick:
+        args.batch, args.warmup, args.steps = [64], 2, 3
+    names = args.variants or variants(ak.available_backends())
+    bench = E2EBench(args.out, args.warmup, args.steps, run_meta())
+    jobs = [(v, n) for n in args.batch for v in names]
+    print(f"{len(jobs)} runs, budget {budget.left():.0f} s", flush=True)
+    done, skipped = run_plan(jobs, bench.run, budget, label=lambda j: f"{j[0]} N={j[1]}")
+    print(f"done {len(done)} runs, skipped {len(skipped)}, {budget.clock() - budget.start:.0f} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
