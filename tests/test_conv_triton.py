@@ -424,3 +424,21 @@ def test_large_shapes_cuda(idx, dtype, device):
     if device != "cuda":
         pytest.skip("realistic shapes are too slow for the Triton interpreter; runs on CUDA only")
     check_case(LARGE[idx], dtype, device, seed=idx)
+
+
+@pytest.mark.parametrize("backend", ["triton", "reference"])
+def test_autocast_casts_inputs_like_conv2d(device, backend):
+    """Under autocast the fp32 inputs and weight run in the autocast dtype (as F.conv2d does), and the
+    gradients reach the fp32 leaves in fp32."""
+    xf, xs, w, b, sc = _op_args(device, requires_grad=True)
+    with torch.autocast(device, dtype=torch.bfloat16):
+        zf, zs = ak.adjoined_conv2d(xf, xs, w, b, padding=1, small_out_channels=4, small_scale=sc,
+                                    backend=backend)
+    assert zf.dtype == zs.dtype == torch.bfloat16
+    (zf.float().sum() + zs.float().sum()).backward()
+    assert w.grad.dtype == torch.float32 and torch.isfinite(w.grad).all()
+    bf = [t.detach().to(torch.bfloat16) for t in (xf, xs, w, b, sc)]
+    ref = adjoined_conv2d_ref(*[t.double() for t in bf[:4]], 1, 1, 1, 4, bf[4].double())
+    for got, want in zip((zf, zs), ref):
+        err = (got.double() - want).abs().max() / want.abs().max()
+        assert err < 2e-2, err

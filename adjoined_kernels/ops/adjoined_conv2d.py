@@ -67,6 +67,16 @@ def _validate(x_full, x_small, weight, bias, stride, padding, dilation, small_ou
     return stride, padding, dilation, c_out_s
 
 
+def _autocast(*tensors):
+    """The floating tensors cast to the autocast dtype when autocast is on for their device (F.conv2d's
+    rule; the fused kernels take one dtype, so they cannot leave it to the dispatcher)."""
+    dev = tensors[0].device.type if isinstance(tensors[0], torch.Tensor) else None
+    if dev is None or not torch.is_autocast_enabled(dev):
+        return tensors
+    dt = torch.get_autocast_dtype(dev)
+    return tuple(t.to(dt) if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in tensors)
+
+
 def adjoined_conv2d(x_full, x_small, weight, bias=None, stride=1, padding=0, dilation=1,
                     small_out_channels=None, small_scale=None, backend="auto"):
     """Full-width and channel-prefix convolution over one shared weight (seeds/000 Eq. 1-2, DESIGN §1).
@@ -82,7 +92,8 @@ def adjoined_conv2d(x_full, x_small, weight, bias=None, stride=1, padding=0, dil
         small_scale: ``[c_out_s]`` per-channel gate applied to the small output (DAN), or None.
         backend: "auto", "reference", "triton" or "cuda" (DESIGN §2).
 
-    All tensors share one device and one dtype (float32, float16 or bfloat16; fp32 accumulation).
+    All tensors share one device and one dtype (float32, float16 or bfloat16; fp32 accumulation). Under
+    ``torch.autocast`` every floating input is first cast to the autocast dtype, as F.conv2d does.
 
     Returns:
         ``(z_full [N1, C_out, P1, Q1], z_small [N2, c_out_s, P2, Q2])`` in the inputs' memory format.
@@ -92,6 +103,7 @@ def adjoined_conv2d(x_full, x_small, weight, bias=None, stride=1, padding=0, dil
         ValueError: mismatched shapes, dtypes or devices, ``c_in_s > C_in``, a bad ``c_out_s``.
         RuntimeError: an explicitly requested backend that is unavailable.
     """
+    x_full, x_small, weight, bias, small_scale = _autocast(x_full, x_small, weight, bias, small_scale)
     stride, padding, dilation, c_out_s = _validate(x_full, x_small, weight, bias, stride, padding, dilation,
                                                    small_out_channels, small_scale)
     be = resolve_backend(backend, x_full.device, SUPPORTED)
