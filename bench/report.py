@@ -15,6 +15,8 @@ import math
 import os
 from collections import defaultdict
 
+import numpy as np
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
 NAN = float("nan")
@@ -241,6 +243,17 @@ def e2e_headline(rows) -> list[str]:
     return [f"Headline, adjoined over standard images/s: {'; '.join(parts)}.", ""] if parts else []
 
 
+def _cpu_quantiles(bench: dict) -> tuple[float, float, float]:
+    """(p50, p20, p80) in ms of one pytest-benchmark entry, from its raw rounds (the JSON keeps them)."""
+    data = bench["stats"].get("data") or [bench["stats"]["median"]]
+    p20, p50, p80 = np.quantile(np.asarray(data) * 1e3, [0.2, 0.5, 0.8])
+    return float(p50), float(p20), float(p80)
+
+
+def _q(v) -> str:
+    return f"{v[0]:.1f} [{v[1]:.1f}, {v[2]:.1f}]"
+
+
 def cpu_section(path):
     with open(path) as f:
         data = json.load(f)
@@ -251,19 +264,23 @@ def cpu_section(path):
     lat = defaultdict(dict)
     steps = {}
     for b in data["benchmarks"]:
-        e, med = b["extra_info"], b["stats"]["median"] * 1e3
+        e, q = b["extra_info"], _cpu_quantiles(b)
         if "kind" in e:
-            steps[e["kind"]] = med
+            steps[e["kind"]] = q
         else:
-            lat[(e["model"], e["batch"], e["variant"])][e["net"]] = med
-    out += ["| model | batch | variant | full ms | small ms | small speedup |", "|---|---|---|---|---|---|"]
+            lat[(e["model"], e["batch"], e["variant"])][e["net"]] = q
+    out += ["| model | batch | variant | full ms p50 [p20, p80] | small ms p50 [p20, p80] | small speedup (p50) |",
+            "|---|---|---|---|---|---|"]
     for (m, bsz, v), d in sorted(lat.items()):
         if "full" in d and "small" in d:
-            out.append(f"| {m} | {bsz} | {v} | {d['full']:.1f} | {d['small']:.1f} | {d['full'] / d['small']:.2f}x |")
+            out.append(f"| {m} | {bsz} | {v} | {_q(d['full'])} | {_q(d['small'])} | "
+                       f"{d['full'][0] / d['small'][0]:.2f}x |")
     if steps:
-        out += ["", "| training step (ResNet-18 CIFAR, alpha 4, batch 64) | ms | vs compact |", "|---|---|---|"]
+        out += ["", "| training step (ResNet-18 CIFAR, alpha 4, batch 64) | ms p50 [p20, p80] | time / compact's |",
+                "|---|---|---|"]
+        base = steps.get("compact", (float("nan"),))[0]
         for k, v in steps.items():
-            out.append(f"| {k} | {v:.0f} | {v / steps.get('compact', v):.2f}x |")
+            out.append(f"| {k} | {_q(v)} | {v[0] / base:.2f}x |")
     return out + [""]
 
 

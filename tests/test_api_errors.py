@@ -70,3 +70,11 @@ def test_default_alpha_and_from_conv2d_shares_weight():
     z_full, z_small = fused(x, x[:, :4])
     torch.testing.assert_close(z_full, plain(x))
     assert z_small.shape == (2, 8, 7, 7)
+
+
+def test_meta_tensors_trace_shapes():
+    """Meta tensors (no autocast there) give the output shapes, as F.conv2d does."""
+    xf, xs, w = torch.empty(2, 8, 9, 9, device="meta"), torch.empty(2, 2, 9, 9, device="meta"), \
+        torch.empty(6, 8, 3, 3, device="meta")
+    zf, zs = ak.adjoined_conv2d(xf, xs, w, padding=1, stride=2, small_out_channels=3, backend="reference")
+    assert zf.shape == (2, 6, 5, 5) and zs.shape == (2, 3, 5, 5)

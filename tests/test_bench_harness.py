@@ -1,6 +1,7 @@
 """The GPU benchmark harness (bench/) on CPU: shape lists, FLOP/byte counts, priority plan, time budget, CSV rows,
 report tables and the scripts' command lines. The timing itself needs a GPU and is not exercised here."""
 import csv
+import json
 import importlib.util
 import math
 import os
@@ -323,3 +324,20 @@ def test_e2e_step_trains_a_tiny_model_on_cpu(variant):
     step = bench_e2e.make_step(variant, 2, device="cpu", model=tiny)
     losses = [step() for _ in range(2)]
     assert all(torch.isfinite(v) for v in losses) and losses[0] != losses[1]
+
+
+def test_report_cpu_section_quantiles_and_speedups(tmp_path):
+    def entry(data_s, **extra):
+        return {"stats": {"median": sorted(data_s)[len(data_s) // 2], "data": data_s}, "extra_info": extra}
+
+    full = [1.0, 1.1, 1.2, 1.3, 1.4]  # seconds: p50 1.2, p20 1.08, p80 1.32
+    small = [0.3, 0.4, 0.4, 0.4, 0.5]
+    data = {"machine_info": {"cpu": {"brand_raw": "test cpu", "count": 2}, "python_version": "3"},
+            "benchmarks": [entry(full, model="m", batch=8, variant="eager", net="full"),
+                           entry(small, model="m", batch=8, variant="eager", net="small"),
+                           entry([0.2] * 3, kind="compact"), entry([0.5] * 3, kind="authors")]}
+    path = tmp_path / "2026-01-01-cpu.json"
+    path.write_text(json.dumps(data))
+    text = "\n".join(report.cpu_section(str(path)))
+    assert "| m | 8 | eager | 1200.0 [1080.0, 1320.0] | 400.0 [380.0, 420.0] | 3.00x |" in text
+    assert "| authors | 500.0 [500.0, 500.0] | 2.50x |" in text

@@ -71,7 +71,7 @@ def _autocast(*tensors):
     """The floating tensors cast to the autocast dtype when autocast is on for their device (F.conv2d's
     rule; the fused kernels take one dtype, so they cannot leave it to the dispatcher)."""
     dev = tensors[0].device.type if isinstance(tensors[0], torch.Tensor) else None
-    if dev is None or not torch.is_autocast_enabled(dev):
+    if dev is None or not torch.amp.is_autocast_available(dev) or not torch.is_autocast_enabled(dev):
         return tensors
     dt = torch.get_autocast_dtype(dev)
     return tuple(t.to(dt) if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in tensors)
