@@ -2,6 +2,7 @@
 the baselines, --check (and that it can fail), and ONNX vs onnxruntime. CPU, tiny synthetic datasets."""
 import gzip
 import json
+import math
 import os
 import pickle
 import struct
@@ -334,3 +335,28 @@ def test_augmentation_auto_is_on_for_long_runs_only(argv, epochs, want):
     from adjoined_kernels.train.data import augmenting
     a = cli.build_parser().parse_args(argv + ["--epochs", str(epochs)])
     assert augmenting(a) is want
+
+
+@pytest.mark.skipif(not ak.available_backends().count("triton"), reason="triton is not importable")
+def test_check_triton_passes(idx_dir, capsys):
+    """--check on the fused Triton kernels (the interpreter on CPU, the GPU elsewhere)."""
+    argv = [*CHECK, "--data-dir", str(idx_dir), "--check-batch", "2"]
+    argv[argv.index("reference")] = "triton"
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "check passed" in out and "adjoined.0.convs.0" in out and "loss" in out
+
+
+@pytest.mark.skipif(not ak.available_backends().count("triton"), reason="triton is not importable")
+def test_trains_with_the_triton_backend(idx_dir, tmp_path):
+    """One step of adjoined training on the fused Triton kernels; same start and data as the reference
+    run, so the losses must agree closely."""
+    losses = {}
+    for be in ("triton", "reference"):
+        out = tmp_path / be
+        argv = ["--data-dir", str(idx_dir), "--epochs", "1", "--out", str(out), *FAST, "--subset", "4",
+                "--batch-size", "4", "--eval-batch-size", "4", "--bench-runs", "0", "--no-onnx", "--backend", be]
+        assert cli.main(argv) == 0
+        losses[be] = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["loss"]
+    assert math.isfinite(losses["triton"]) and abs(losses["triton"] - losses["reference"]) < 1e-3 * abs(
+        losses["reference"]) + 1e-4, losses
