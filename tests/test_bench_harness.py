@@ -241,8 +241,10 @@ def test_loss_job_records_skipped_and_failed_providers(tmp_path, monkeypatch):
     monkeypatch.setattr(bench_loss, "time_fn", _fake_time_fn([]))
     monkeypatch.setitem(sys.modules, "liger_kernel", None)  # import fails like a missing package
     bench = bench_loss.LossBench(str(tmp_path / "loss.csv"), "fp32", PEAKS, META, device="cpu")
-    bench.run((8, 10, ("eager", "liger", "cuda")))
-    rows = {r["provider"]: r for r in common.read_rows(str(tmp_path / "loss.csv"))}
+    bench.run((8, 10, ("eager", "liger", "cuda", "triton")))
+    all_rows = common.read_rows(str(tmp_path / "loss.csv"))
+    assert [r["mode"] for r in all_rows if r["provider"] == "triton"] == ["full", "kernel"]  # fused: also alone
+    rows = {r["provider"]: r for r in all_rows if r["mode"] == "full"}
     assert rows["eager"]["correct"] == "True" and rows["eager"]["speedup_vs_eager"] == "1.0"
     assert rows["liger"]["error"].startswith("skipped: ") and rows["liger"]["ms_p50"] == "nan"
     assert rows["cuda"]["error"].startswith("RuntimeError")
@@ -276,7 +278,7 @@ def test_report_tables_and_geomeans(tmp_path):
     assert "| 32 | 2 | triton | 2 | 1.00 | 1.73 | - | 2/2 | cudnn2 >= 1.00: met; authors >= 1.30: met |" in text
     assert "| 32 | 2 | cuda | 0 | - | - | - | 0/2 |  |" in text
     assert "| resnet50 | full | 32 | 2 | 0.58 | - | 1.00 |" in text  # columns: authors, cuda, triton
-    assert "| triton | 4.00 | 2 |" in text  # loss geomean of 2x and 8x
+    assert "| triton, full | 4.00 | 2 |" in text  # loss geomean of 2x and 8x
     assert "| 256 | adjoined-triton | 800 |" in text and "| 0.80 |" in text
     assert "Headline, adjoined over standard images/s: N=256: 0.80x (adjoined-triton)." in text
     assert open(tmp_path / "RESULTS.md").read() == text
