@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import adjoined_kernels as ak
+from adjoined_kernels.ops import adjoined_loss as loss_mod
 from adjoined_kernels.ops.adjoined_loss import (adjoined_loss, adjoined_loss_fwd, adjoined_loss_fwd_inplace,
                                                 adjoined_loss_ref, adjoined_loss_triton)
 
@@ -261,6 +262,71 @@ def test_triton_single_class_and_single_row(device):
     _compare(lf, ls, t, 0.5, _grad_out("sum", 1, torch.float32, device), reduction="sum")
 
 
+# ---------------------------------------------------------------------- register-path limits, chunk shapes
+def _path(C, dtype, max_block=loss_mod.MAX_BLOCK):
+    kernel = loss_mod._plan(C, torch.empty((), dtype=dtype).element_size(), max_block)[0]
+    return "registers" if kernel is loss_mod._loss_row_kernel else "chunked"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_plan_keeps_rows_up_to_the_limit_in_registers(dtype):
+    """16-bit rows up to MAX_BLOCK = 32768 classes take the register path, fp32 rows up to half of it
+    (and so for any max_block); each thread holds 32 classes of a 16-bit row (16 fp32), in at most 32 warps."""
+    limit = 32768 if dtype != torch.float32 else 16384
+    assert loss_mod.MAX_BLOCK == 32768
+    assert [_path(c, dtype) for c in (1, 1000, limit - 1, limit, limit + 1, 128000)] == \
+        ["registers"] * 4 + ["chunked"] * 2
+    assert [_path(c, dtype, 64) for c in (limit // 512, limit // 512 + 1)] == ["registers", "chunked"]
+    esize = torch.empty((), dtype=dtype).element_size()
+    for C in (1, 37, 1000, 4096, limit):
+        _, r, v, warps = loss_mod._plan(C, esize, loss_mod.MAX_BLOCK)
+        assert 4 * r * v >= C and 1 <= warps <= 32 and 4 * r * v <= 32 * warps * (64 // esize)
+    _, r, v, warps = loss_mod._plan(limit, esize, loss_mod.MAX_BLOCK)
+    assert (warps, v * esize, 4 * r * v // (32 * warps)) == (32, 16, 64 // esize)
+    _, r, v, _ = loss_mod._plan(limit + 1, esize, loss_mod.MAX_BLOCK)
+    assert r * v * esize == 2 * loss_mod.CHUNK and v * esize == 16
+    for max_block in (1, 3, 16, 100):  # any max_block: a power-of-2 chunk of at least one class
+        _, r, v, _ = loss_mod._plan(1000, esize, max_block)
+        chunk = r * v
+        assert chunk >= 1 and chunk & (chunk - 1) == 0 and chunk <= max(1, max_block)
+
+
+@pytest.mark.parametrize("T", [1.0, 2.5])
+@pytest.mark.parametrize("eps", [0.0, 1e-6])
+@pytest.mark.parametrize("side", ["at", "above"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_triton_at_and_above_the_register_limit(device, dtype, side, eps, T):
+    """The same limit rule at max_block=64 (cheap in the interpreter): 64 classes (fp32: 32) in registers,
+    one more chunked, its last chunk one class and lanes of padding only."""
+    limit = 64 if dtype == torch.bfloat16 else 32
+    C = limit + (side == "above")
+    assert _path(C, dtype, 64) == ("registers" if side == "at" else "chunked")
+    lf, ls, t = _inputs(3, C, dtype, device, seed=C, ignored=(2,))
+    go = _grad_out("mean", 3, dtype, device)
+    _compare(lf, ls, t, 0.7, go, eps=eps, temperature=T, max_block=64)
+
+
+@pytest.mark.parametrize("C", [32768, 32769])
+def test_triton_at_and_above_the_default_register_limit(device, C):
+    """The default limit itself, in bf16: 32768 classes in registers (4 parts of 1024 lanes of 8), one more
+    chunked (9 chunks of 512 lanes of 8). fp32's half of it is the rule checked above."""
+    assert _path(C, torch.bfloat16) == ("registers" if C == 32768 else "chunked")
+    lf, ls, t = _inputs(2, C, torch.bfloat16, device, seed=3, ignored=(1,))
+    _compare(lf, ls, t, 0.7, _grad_out("mean", 2, torch.bfloat16, device), eps=1e-6, temperature=2.0)
+
+
+@pytest.mark.parametrize("path,T", [("registers", 1.0), ("chunked", 3.0)])
+def test_triton_masked_classes(device, path, T):
+    """-inf logits (masked classes), in whole lanes and chunks too: p or q is 0 there, nothing is NaN."""
+    lf, ls, t = _inputs(3, 70, torch.float32, device, seed=12, ignored=(0,))
+    lf[:, 8:40] = float("-inf")
+    ls[:, 24:56] = float("-inf")
+    ls[1, :16] = float("-inf")
+    t[1:] = torch.tensor([60, 5])
+    _compare(lf, ls, t, 0.6, _grad_out("mean", 3, torch.float32, device), eps=1e-6, temperature=T,
+             max_block=16 if path == "chunked" else 8192)
+
+
 # ------------------------------------------------------------------------------------- errors, ops, modules
 def _bad_cases(device):
     lf, ls, t = _inputs(3, 5, torch.float32, device)
@@ -349,6 +415,23 @@ def test_cuda_long_rows_chunked(dtype, eps):
     lf, ls, t = _inputs(4, 131072, dtype, "cuda", ignored=(2,))
     go = _grad_out("none", 4, dtype, "cuda")
     _compare(lf, ls, t, 0.5, go, eps=eps, temperature=2.0, reduction="none")
+
+
+@needs_cuda
+@pytest.mark.parametrize("eps,T", [(1e-6, 1.0), (1e-6, 2.0), (0.0, 1.0), (0.0, 2.0)])
+@pytest.mark.parametrize("C,dtype", [(32000, torch.bfloat16), (32768, torch.bfloat16), (32769, torch.bfloat16),
+                                     (32768, torch.float16), (16384, torch.float32), (16385, torch.float32)])
+def test_cuda_register_limit(C, dtype, eps, T):
+    """The register path at its real limits (4 parts of 1024 lanes, 32 warps), and one class past them."""
+    lf, ls, t = _inputs(8, C, dtype, "cuda", ignored=(2,))
+    _compare(lf, ls, t, 0.5, _grad_out("mean", 8, dtype, "cuda"), eps=eps, temperature=T)
+
+
+@needs_cuda
+@pytest.mark.parametrize("C", [32768, 32769])
+def test_cuda_inplace_at_the_register_limit(C):
+    lf, ls, t = _inputs(8, C, torch.bfloat16, "cuda", ignored=(2,))
+    _compare(lf, ls, t, 0.5, _grad_out("mean", 8, torch.bfloat16, "cuda"), temperature=2.0, inplace=True)
 
 
 @needs_cuda
