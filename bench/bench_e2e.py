@@ -6,10 +6,8 @@ with momentum; N in {64, 256}. Variants:
   adjoined-<backend>  the adjoined model and loss on each available backend (reference, triton, cuda)
   authors             the authors' masked form (bench/authors.py) with the eager adjoined loss
 Each variant warms up (compile, autotune), then a fixed number of steps is timed with CUDA events; the loss must
-stay finite. The fused convs get autocast's casts from autocast_fused_convs: the package's custom ops are not
-on autocast's lists and reject a bf16 input with an fp32 weight. images/s counts input images (each trains
-both branches in the adjoined variants); the headline is adjoined over standard images/s. Rows are appended
-as measured; work stops when --budget-s is spent.
+stay finite. images/s counts input images (each trains both branches in the adjoined variants); the headline
+is adjoined over standard images/s. Rows are appended as measured; work stops when --budget-s is spent.
 
     PYTHONPATH=$PWD python3 bench/bench_e2e.py --out bench/results/DATE-GPU-e2e.csv [--quick] [--budget-s 240]
 """
@@ -19,7 +17,6 @@ import argparse
 import math
 import statistics
 import sys
-import types
 
 import torch
 import torch.nn.functional as F
@@ -43,27 +40,6 @@ def variants(backends) -> list[str]:
     return ["standard"] + [f"adjoined-{b}" for b in BACKENDS if b in backends] + ["authors"]
 
 
-def _autocast_forward(self, x_full, x_small, small_scale=None):
-    """FusedAdjoinedConv2d.forward with autocast's casts: inputs and weight in the autocast dtype, as autocast
-    does for F.conv2d (the fused custom ops are not on autocast's lists and reject mixed dtypes)."""
-    dev = x_full.device.type
-    if not torch.is_autocast_enabled(dev):
-        return type(self).forward(self, x_full, x_small, small_scale)
-    dt = torch.get_autocast_dtype(dev)
-    cast = (lambda t: None if t is None else t.to(dt))  # noqa: E731
-    with torch.autocast(dev, enabled=False):
-        return ak.adjoined_conv2d(cast(x_full), cast(x_small), cast(self.weight), cast(self.bias), self.stride,
-                                  self.padding, self.dilation, self.small_out_channels, cast(small_scale),
-                                  self.backend)
-
-
-def autocast_fused_convs(model: torch.nn.Module) -> torch.nn.Module:
-    for m in model.modules():
-        if isinstance(m, ak.FusedAdjoinedConv2d):
-            m.forward = types.MethodType(_autocast_forward, m)
-    return model
-
-
 def make_step(variant: str, n: int, device="cuda", model=MODEL, alpha=ALPHA, lr=0.01):
     """A closure running one SGD training step of ``variant`` on a fixed synthetic batch; returns the loss."""
     build, kwargs, hw = model
@@ -75,7 +51,7 @@ def make_step(variant: str, n: int, device="cuda", model=MODEL, alpha=ALPHA, lr=
     elif variant == "authors":
         net = AuthorsResNet(adjoined)
     else:
-        net = autocast_fused_convs(adjoined)
+        net = adjoined
     net = net.to(device).to(memory_format=torch.channels_last).train()
     x = torch.randn(n, 3, hw, hw, device=device).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, kwargs["num_classes"], (n,), device=device)

@@ -305,21 +305,6 @@ def test_scripts_help(script, monkeypatch, capsys):
     assert "usage:" in out and ("--budget-s" in out or script == "report.py")
 
 
-def test_autocast_shim_casts_fused_conv_inputs_and_weight(device):
-    torch.manual_seed(0)
-    backend = "triton" if "triton" in ak.available_backends() else "reference"
-    conv = ak.FusedAdjoinedConv2d(8, 8, 3, padding=1, alpha=2, bias=False, backend=backend).to(device)
-    bench_e2e.autocast_fused_convs(conv)
-    x = torch.randn(1, 8, 5, 5, device=device)
-    with torch.autocast(device, dtype=torch.bfloat16):
-        zf, zs = conv(x, x[:, :4])
-        want = torch.nn.functional.conv2d(x, conv.weight, padding=1)
-    assert zf.dtype == zs.dtype == torch.bfloat16
-    assert torch.allclose(zf.float(), want.float(), rtol=2e-2, atol=2e-2)
-    (zf.float().sum() + zs.float().sum()).backward()
-    assert conv.weight.grad.dtype == torch.float32 and conv.weight.grad.abs().sum() > 0
-
-
 @pytest.mark.parametrize("variant", ["standard", "authors", "adjoined-reference"])
 def test_e2e_step_trains_a_tiny_model_on_cpu(variant):
     tiny = (ak.models.adjoined_resnet18, {"num_classes": 10, "stem": "cifar", "width": 8}, 8)
