@@ -7,7 +7,10 @@ and NaN-poisons every output buffer); with one, the same tests run on CUDA, plus
 from __future__ import annotations
 
 import contextlib
+import os
 import random
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -307,7 +310,8 @@ def test_autotune_prune_keeps_configs_that_fit():
     """GPU config pruning (the interpreter has one config): shared memory, narrow and tiny problems."""
     import triton
 
-    from adjoined_kernels.ops._conv_common import GEMM_SPACE, SMEM_BUDGET, gemm_prune, shared_a_tiles
+    from adjoined_kernels.ops._conv_common import (GEMM_SPACE, SHARED_SPILLS, SMEM_BUDGET, gemm_prune,
+                                                    shared_a_tiles)
 
     space = [triton.Config(dict(BM=m, BN=n, BK=k, GROUP_M=8), num_warps=w, num_stages=s)
              for m, n, k, w, s in GEMM_SPACE]
@@ -328,7 +332,47 @@ def test_autotune_prune_keeps_configs_that_fit():
             assert tiles(prune(space, dict(args, dims=(64, 64, 64)), SHARE=share)) == [(64, 64, 32)]
     bf16 = dict(x=torch.empty(1, dtype=torch.bfloat16))
     assert len(prune(space, dict(bf16, dims=big), SHARE=False)) == len(space)
+    # Weight sharing holds two accumulators: the configs that spill then are dropped.
+    shared = [(c.kwargs["BM"], c.kwargs["BN"], c.kwargs["BK"], c.num_warps, c.num_stages)
+              for c in prune(space, dict(bf16, dims=big), SHARE=True)]
+    assert shared and not set(shared) & set(SHARED_SPILLS)
+    # wgrad's two tile loops get a shared-memory ring each: fp32 128x128x64 x 3 stages would need 384 KB.
+    f32 = dict(x=torch.empty(1, dtype=torch.float32), dims=big)
+    two_rings = gemm_prune(lambda a: a["dims"], rings=2)["early_config_prune"]
+    assert (128, 128, 64) in tiles(prune(space, f32, SHARE=False))
+    assert (128, 128, 64) not in tiles(two_rings(space, f32))
+    assert (128, 128, 64) in tiles(two_rings(space, dict(bf16, dims=big)))  # 192 KB: fits
     assert all(bn == 64 for _, bn, _ in tiles(prune(space, dict(bf16, dims=(1 << 16, 64, 2304)), SHARE=False)))
+
+
+def _sm90_toolchain_missing():
+    """Why the offline sm_90 compile of tools/conv_sass_report.py cannot run here, or None."""
+    import triton
+    bin_dir = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+    for tool in ("ptxas", "cuobjdump"):
+        path = os.path.join(bin_dir, tool)
+        if not os.access(path, os.X_OK):
+            return f"triton ships no {tool} ({path}): cannot compile for sm_90 offline"
+        if subprocess.run([path, "--version"], capture_output=True).returncode != 0:
+            return f"{path} does not run here"
+    return None
+
+
+def test_sm90_sass_fprop_dgrad_wgmma_not_serialised():
+    """fprop and dgrad, weight sharing on and off, compiled offline for sm_90 (bf16, 64x64x32 tiles, a
+    ResNet-50 layer-3 3x3 shape): ptxas must not serialise the wgmmas (C7515: an accumulator reaching an MMA
+    through a control-flow merge), spill, or divide inside a K loop. Runs tools/conv_sass_report.py --check
+    in a subprocess, without TRITON_INTERPRET; no GPU needed."""
+    reason = _sm90_toolchain_missing()
+    if reason:
+        pytest.skip(reason)
+    tool = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "conv_sass_report.py")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, tool, "--pass", "fprop", "--pass", "dgrad", "--share", "both",
+                           "--shape", "l3-3x3", "--config", "64,64,32,4,3", "--check"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert "CHECK: ok" in proc.stdout
 
 
 # ----------------------------------------------------------------------------------------------------

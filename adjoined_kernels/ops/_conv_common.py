@@ -93,13 +93,15 @@ def configs(space, interp):
 SMEM_BUDGET = 200 * 1024
 
 
-def gemm_prune(dims, a_tiles=lambda kwargs: 1):
+def gemm_prune(dims, a_tiles=lambda kwargs: 1, rings: int = 1):
     """Autotune pruner (``prune_configs_by``) for the implicit GEMMs; ``dims(named_args)`` gives the full
     problem's (M, N, K).
 
     - Drops configs whose pipelined operand tiles overflow shared memory (``a_tiles(kwargs)`` A tiles, two
-      when one weight tile feeds both branches, plus one B tile per stage).
+      when one weight tile feeds both branches, plus one B tile per stage, times ``rings``: wgrad's two
+      inlined tile loops get a buffer ring each, as ptxas reports for sm_90).
     - Drops 128-wide tiles along a dimension of at most 64 (half the tile would be masked).
+    - With two A tiles (weight sharing: two accumulators), drops the configs in ``SHARED_SPILLS``.
     - Problems under 2^26 MACs are launch-bound: they skip tuning and take the 64x64x32 tile, so small
       shapes compile one kernel per specialisation instead of one per config.
     """
@@ -107,9 +109,11 @@ def gemm_prune(dims, a_tiles=lambda kwargs: 1):
         elt = next(v for v in named_args.values() if isinstance(v, torch.Tensor)).element_size()
         n_a = a_tiles(kwargs)
         m, n, k = dims(named_args)
+        if n_a > 1:
+            configs = [c for c in configs if config_key(c) not in SHARED_SPILLS] or configs
 
         def smem(c):
-            return (n_a * c.kwargs["BM"] + c.kwargs["BN"]) * c.kwargs["BK"] * elt * c.num_stages
+            return rings * (n_a * c.kwargs["BM"] + c.kwargs["BN"]) * c.kwargs["BK"] * elt * c.num_stages
 
         def useful(c):
             return (c.kwargs["BM"] <= max(64, m)) and (c.kwargs["BN"] <= max(64, n))
@@ -120,6 +124,11 @@ def gemm_prune(dims, a_tiles=lambda kwargs: 1):
         small = [c for c in fits if (c.kwargs["BM"], c.kwargs["BN"], c.kwargs["BK"]) == (64, 64, 32)]
         return small[:1] or fits[-1:]
     return {"early_config_prune": prune}
+
+
+def config_key(c):
+    """(BM, BN, BK, warps, stages) of a triton.Config, as GEMM_SPACE lists it."""
+    return c.kwargs["BM"], c.kwargs["BN"], c.kwargs["BK"], c.num_warps, c.num_stages
 
 
 def shared_a_tiles(kwargs):
@@ -135,6 +144,11 @@ GEMM_SPACE = (
     (128, 128, 32, 8, 4),
     (64, 64, 32, 4, 3),
 )
+
+# Configs that spill registers in the paired loop of fprop/dgrad (two fp32 accumulators): on sm_90, bf16,
+# triton 3.6 and 3.8, tools/conv_sass_report.py finds 128x64x64 with 4 warps at 255 registers plus 56-160
+# bytes of spills (ResNet-50 layer-3 shapes); every other GEMM_SPACE config fits without spilling.
+SHARED_SPILLS = ((128, 64, 64, 4, 4),)
 
 # The interpreter's cost is per operation, not per element: few, large tiles keep it fast.
 INTERP_GEMM = dict(BM=32, BN=32, BK=32, GROUP_M=2)

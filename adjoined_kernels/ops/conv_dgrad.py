@@ -31,6 +31,11 @@ from ._conv_common import (GEMM_SPACE, INTERP_GEMM, UPCAST, channels_last, confi
 
 # ----------------------------------------------------------------------------------------------------
 # Kernel
+#
+# One code path per program, as in conv_fprop (and for the same reason: ptxas serialises every wgmma,
+# advisory C7515, when an accumulator reaches an MMA through a control-flow merge): each program picks its
+# problem's pointers, sizes and strides with scalar selects, then runs the paired loop (zero trips
+# without a small partner), the single loop and one store.
 
 
 @triton.jit
@@ -67,79 +72,116 @@ def _class_rows(tile_m, a, b, N, H, W, sh, sw, BM: tl.constexpr):
 
 
 @triton.jit
-def _dgrad_loop(acc, dzrow, wcol, i, j, ok, nmask, scale, a, b, r0, s0, ns, ntaps, cb_lo, cb_hi, C, P, Q,
-                C_out, ph, pw, dh, dw, rstep, sstep, sh, sw, sdh, sdw, sdc, sw_o, sw_r, sw_s,
-                HAS_SCALE: tl.constexpr, BK: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr):
+def _next_k(cb, ts, r, s, dp, dq, cb_lo, cb_hi, ns, s0, dq0, rstep, sstep, dp_step, dq_step,
+            ONE_TAP: tl.constexpr):
+    """The K step after (output-channel block cb, tap r, s) over the class's taps, channel blocks fastest.
+
+    ``ts`` counts the s taps (``ns`` of them); (dp, dq) = ((a + ph - r*dh) / sh, (b + pw - s*dw) / sw),
+    the output-pixel offset of the tap, moves by a constant (``dp_step``, ``dq_step``: exact) per tap.
+    Carried from step to step instead of recomputed from the trip count: ``it // ncb``, ``tap // ns`` and
+    the two divisions by the stride are 32-bit divisions by runtime values, ~20 instructions each per K
+    step on sm_90. A 1x1 filter (``ONE_TAP``: at most one tap per class) only counts channel blocks.
+    """
+    cb += 1
+    if not ONE_TAP:
+        wrap = cb == cb_hi
+        cb = tl.where(wrap, cb_lo, cb)
+        ts = tl.where(wrap, ts + 1, ts)
+        s = tl.where(wrap, s + sstep, s)
+        dq = tl.where(wrap, dq - dq_step, dq)
+        wrap = ts == ns
+        ts = tl.where(wrap, 0, ts)
+        s = tl.where(wrap, s0, s)
+        dq = tl.where(wrap, dq0, dq)
+        r = tl.where(wrap, r + rstep, r)
+        dp = tl.where(wrap, dp - dp_step, dp)
+    return cb, ts, r, s, dp, dq
+
+
+@triton.jit
+def _dz_tile(dzrow, i, j, ok, dp, dq, offs_k, C, P, Q, sdh, sdw, sdc):
+    """Tile [BM, BK] of dz at output pixels (i + dp, j + dq); zero outside dz and for channels >= C."""
+    p = i + dp
+    q = j + dq
+    valid = ok & (p >= 0) & (p < P) & (q >= 0) & (q < Q)
+    return tl.load(dzrow[:, None] + (p * sdh + q * sdw)[:, None] + offs_k[None, :] * sdc,
+                   mask=valid[:, None] & (offs_k < C)[None, :], other=0.0)
+
+
+@triton.jit
+def _scaled(x, scale, offs_k, kmask):
+    """dz_small * small_scale along K (channels where ``kmask`` is off get scale 1), back in x's dtype."""
+    sc = tl.load(scale + offs_k, mask=kmask, other=1.0).to(tl.float32)
+    return (x.to(tl.float32) * sc[None, :]).to(x.dtype)
+
+
+@triton.jit
+def _dgrad_loop(acc, dzrow, wcol, i, j, ok, nmask, scale, scaled, r0, s0, dp0, dq0, ns, ntaps, cb_lo, cb_hi,
+                C, P, Q, C_out, rstep, sstep, dp_step, dq_step, sdh, sdw, sdc, sw_o, sw_r, sw_s,
+                HAS_SCALE: tl.constexpr, ONE_TAP: tl.constexpr, BK: tl.constexpr, UPCAST: tl.constexpr,
+                PREC: tl.constexpr):
     """One branch: acc += dz @ W over the class's ``ntaps`` taps and output-channel blocks [cb_lo, cb_hi).
 
     ``dzrow`` [BM] points at each row's image in dz, ``wcol`` [BN] at each input channel's filters;
-    ``C`` bounds dz's channels. Tap t is (r0 + (t // ns) * rstep, s0 + (t % ns) * sstep); it reaches
-    output pixel (i + (a + ph - r*dh) / sh, j + (b + pw - s*dw) / sw), the divisions being exact.
+    ``C`` bounds dz's channels. Taps run r = r0, r0 + rstep, ... (outer) and s = s0, s0 + sstep, ...
+    (``ns`` of them); tap (r, s) reaches output pixel (i + dp, j + dq), dp starting at ``dp0`` and
+    moving by ``-dp_step`` per r step (likewise dq). With HAS_SCALE, dz is scaled by small_scale where
+    the runtime scalar ``scaled`` is set (small problems).
     """
-    ncb = cb_hi - cb_lo
-    for it in range(0, ntaps * ncb):
-        tap = it // ncb
-        tr = tap // ns
-        r = r0 + tr * rstep
-        s = s0 + (tap - tr * ns) * sstep
-        offs_k = (cb_lo + it - tap * ncb) * BK + tl.arange(0, BK)
-        p = i + (a + ph - r * dh) // sh
-        q = j + (b + pw - s * dw) // sw
-        valid = ok & (p >= 0) & (p < P) & (q >= 0) & (q < Q)
-        kmask = offs_k < C
-        x = tl.load(dzrow[:, None] + (p * sdh + q * sdw)[:, None] + offs_k[None, :] * sdc,
-                    mask=valid[:, None] & kmask[None, :], other=0.0)
+    cb = cb_lo
+    ts = cb_lo * 0
+    r = r0
+    s = s0
+    dp = dp0
+    dq = dq0
+    for _ in range(0, ntaps * (cb_hi - cb_lo)):
+        offs_k = cb * BK + tl.arange(0, BK)
+        x = _dz_tile(dzrow, i, j, ok, dp, dq, offs_k, C, P, Q, sdh, sdw, sdc)
         if HAS_SCALE:
-            sc = tl.load(scale + offs_k, mask=kmask, other=0.0).to(tl.float32)
-            x = (x.to(tl.float32) * sc[None, :]).to(dzrow.dtype.element_ty)
+            x = _scaled(x, scale, offs_k, (offs_k < C) & scaled)
         wt = tl.load(wcol[None, :] + (r * sw_r + s * sw_s) + offs_k[:, None] * sw_o,
                      mask=(offs_k < C_out)[:, None] & nmask[None, :], other=0.0)
         if UPCAST:
             x = x.to(tl.float32)
             wt = wt.to(tl.float32)
         acc = tl.dot(x, wt, acc, input_precision=PREC)
+        cb, ts, r, s, dp, dq = _next_k(cb, ts, r, s, dp, dq, cb_lo, cb_hi, ns, s0, dq0, rstep, sstep,
+                                       dp_step, dq_step, ONE_TAP)
     return acc
 
 
 @triton.jit
-def _dgrad_pair_loop(acc1, acc2, dzrow1, i1, j1, ok1, dzrow2, i2, j2, ok2, wcol, nmask, scale, a, b,
-                     r0, s0, ns, ntaps, ncb, P1, Q1, P2, Q2, C_out, c_out_s, ph, pw, dh, dw, rstep, sstep,
-                     sh, sw, sf_h, sf_w, sf_c, ss_h, ss_w, ss_c, sw_o, sw_r, sw_s,
-                     HAS_SCALE: tl.constexpr, BK: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr):
+def _dgrad_pair_loop(acc1, acc2, dzrow1, i1, j1, ok1, dzrow2, i2, j2, ok2, wcol, nmask, scale,
+                     r0, s0, dp0, dq0, ns, ntaps, ncb, P1, Q1, P2, Q2, C_out, c_out_s, rstep, sstep,
+                     dp_step, dq_step, sf_h, sf_w, sf_c, ss_h, ss_w, ss_c, sw_o, sw_r, sw_s,
+                     HAS_SCALE: tl.constexpr, ONE_TAP: tl.constexpr, BK: tl.constexpr, UPCAST: tl.constexpr,
+                     PREC: tl.constexpr):
     """Both branches over the first ``ncb`` output-channel blocks with one weight load per step.
 
     dz_small is zero beyond c_out_s, so the weight rows the full branch needs there add nothing to acc2.
     """
-    for it in range(0, ntaps * ncb):
-        tap = it // ncb
-        tr = tap // ns
-        r = r0 + tr * rstep
-        s = s0 + (tap - tr * ns) * sstep
-        offs_k = (it - tap * ncb) * BK + tl.arange(0, BK)
-        dp = (a + ph - r * dh) // sh
-        dq = (b + pw - s * dw) // sw
+    cb = ncb * 0
+    ts = ncb * 0
+    r = r0
+    s = s0
+    dp = dp0
+    dq = dq0
+    for _ in range(0, ntaps * ncb):
+        offs_k = cb * BK + tl.arange(0, BK)
         wt = tl.load(wcol[None, :] + (r * sw_r + s * sw_s) + offs_k[:, None] * sw_o,
                      mask=(offs_k < C_out)[:, None] & nmask[None, :], other=0.0)
-        p = i1 + dp
-        q = j1 + dq
-        valid = ok1 & (p >= 0) & (p < P1) & (q >= 0) & (q < Q1)
-        x1 = tl.load(dzrow1[:, None] + (p * sf_h + q * sf_w)[:, None] + offs_k[None, :] * sf_c,
-                     mask=valid[:, None] & (offs_k < C_out)[None, :], other=0.0)
-        p = i2 + dp
-        q = j2 + dq
-        valid = ok2 & (p >= 0) & (p < P2) & (q >= 0) & (q < Q2)
-        kmask = offs_k < c_out_s
-        x2 = tl.load(dzrow2[:, None] + (p * ss_h + q * ss_w)[:, None] + offs_k[None, :] * ss_c,
-                     mask=valid[:, None] & kmask[None, :], other=0.0)
+        x1 = _dz_tile(dzrow1, i1, j1, ok1, dp, dq, offs_k, C_out, P1, Q1, sf_h, sf_w, sf_c)
+        x2 = _dz_tile(dzrow2, i2, j2, ok2, dp, dq, offs_k, c_out_s, P2, Q2, ss_h, ss_w, ss_c)
         if HAS_SCALE:
-            sc = tl.load(scale + offs_k, mask=kmask, other=0.0).to(tl.float32)
-            x2 = (x2.to(tl.float32) * sc[None, :]).to(dzrow2.dtype.element_ty)
+            x2 = _scaled(x2, scale, offs_k, offs_k < c_out_s)
         if UPCAST:
             x1 = x1.to(tl.float32)
             x2 = x2.to(tl.float32)
             wt = wt.to(tl.float32)
         acc1 = tl.dot(x1, wt, acc1, input_precision=PREC)
         acc2 = tl.dot(x2, wt, acc2, input_precision=PREC)
+        cb, ts, r, s, dp, dq = _next_k(cb, ts, r, s, dp, dq, 0, ncb, ns, s0, dq0, rstep, sstep,
+                                       dp_step, dq_step, ONE_TAP)
     return acc1, acc2
 
 
@@ -165,8 +207,8 @@ def _dgrad_kernel(dzf, dzs, w, scale, dxf, dxs,
                   sdf_n, sdf_h, sdf_w, sdf_c, sds_n, sds_h, sds_w, sds_c,
                   sxf_n, sxf_h, sxf_w, sxf_c, sxs_n, sxs_h, sxs_w, sxs_c,
                   sw_o, sw_i, sw_r, sw_s,
-                  HAS_SCALE: tl.constexpr, SHARE: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr,
-                  BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr):
+                  HAS_SCALE: tl.constexpr, SHARE: tl.constexpr, ONE_TAP: tl.constexpr, UPCAST: tl.constexpr,
+                  PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr):
     pid = tl.program_id(0)
     ncls = sh * sw
     nm1 = tl.cdiv(N1 * tl.cdiv(H1, sh) * tl.cdiv(W1, sw), BM)
@@ -174,8 +216,9 @@ def _dgrad_kernel(dzf, dzs, w, scale, dxf, dxs,
     nm2 = tl.cdiv(N2 * tl.cdiv(H2, sh) * tl.cdiv(W2, sw), BM)
     nn2 = tl.cdiv(c_in_s, BN)
     ncb2 = tl.cdiv(c_out_s, BK)
-    is_full = pid < ncls * nm1 * nn1
-    if is_full:
+    # Which class and tile: scalars only in this branch (no accumulator crosses it).
+    full = pid < ncls * nm1 * nn1
+    if full:
         cls = pid // (nm1 * nn1)
         tm, tn = swizzle(pid - cls * nm1 * nn1, nm1, nn1, GROUP_M)
     else:
@@ -189,40 +232,60 @@ def _dgrad_kernel(dzf, dzs, w, scale, dxf, dxs,
         tn = t - tm * nn2
         if SHARE:
             tm += nm1
+    small = pid >= ncls * nm1 * nn1
     a = cls // sw
     b = cls - a * sw
     r0, nr = _first_tap(a, ph, dh, sh, rstep, R)
     s0, ns = _first_tap(b, pw, dw, sw, sstep, S)
+    # Output-pixel offset of the first tap and its change per tap step (all exact divisions).
+    dp0 = (a + ph - r0 * dh) // sh
+    dq0 = (b + pw - s0 * dw) // sw
+    dp_step = rstep * dh // sh
+    dq_step = sstep * dw // sw
+    # The program's own problem, by scalar selects.
+    dz = tl.where(full, dzf, dzs)
+    dx = tl.where(full, dxf, dxs)
+    Nx = tl.where(full, N1, N2)
+    H = tl.where(full, H1, H2)
+    W = tl.where(full, W1, W2)
+    P = tl.where(full, P1, P2)
+    Q = tl.where(full, Q1, Q2)
+    C_dz = tl.where(full, C_out, c_out_s)
+    C_dx = tl.where(full, C_in, c_in_s)
+    ncb = tl.where(full, tl.cdiv(C_out, BK), ncb2)
+    sd_n = tl.where(full, sdf_n, sds_n)
+    sd_h = tl.where(full, sdf_h, sds_h)
+    sd_w = tl.where(full, sdf_w, sds_w)
+    sd_c = tl.where(full, sdf_c, sds_c)
+    sx_n = tl.where(full, sxf_n, sxs_n)
+    sx_h = tl.where(full, sxf_h, sxs_h)
+    sx_w = tl.where(full, sxf_w, sxs_w)
+    sx_c = tl.where(full, sxf_c, sxs_c)
+
     offs_n = tn * BN + tl.arange(0, BN)
     wcol = w + offs_n * sw_i
-    if is_full:
-        ok1, n1, h1, w1, i1, j1 = _class_rows(tm, a, b, N1, H1, W1, sh, sw, BM)
-        dzrow1 = dzf + n1.to(tl.int64) * sdf_n
-        nmask = offs_n < C_in
-        acc1 = tl.zeros((BM, BN), dtype=tl.float32)
-        cb_lo = tm * 0
-        if SHARE:
-            if (tm < nm2) & (tn < nn2):
-                ok2, n2, h2, w2, i2, j2 = _class_rows(tm, a, b, N2, H2, W2, sh, sw, BM)
-                acc2 = tl.zeros((BM, BN), dtype=tl.float32)
-                acc1, acc2 = _dgrad_pair_loop(
-                    acc1, acc2, dzrow1, i1, j1, ok1, dzs + n2.to(tl.int64) * sds_n, i2, j2, ok2, wcol, nmask,
-                    scale, a, b, r0, s0, ns, nr * ns, ncb2, P1, Q1, P2, Q2, C_out, c_out_s, ph, pw, dh, dw,
-                    rstep, sstep, sh, sw, sdf_h, sdf_w, sdf_c, sds_h, sds_w, sds_c, sw_o, sw_r, sw_s,
-                    HAS_SCALE, BK, UPCAST, PREC)
-                _dgrad_store(acc2, dxs, ok2, n2, h2, w2, offs_n, c_in_s, sxs_n, sxs_h, sxs_w, sxs_c)
-                cb_lo = ncb2
-        acc1 = _dgrad_loop(acc1, dzrow1, wcol, i1, j1, ok1, nmask, scale, a, b, r0, s0, ns, nr * ns, cb_lo,
-                           tl.cdiv(C_out, BK), C_out, P1, Q1, C_out, ph, pw, dh, dw, rstep, sstep, sh, sw,
-                           sdf_h, sdf_w, sdf_c, sw_o, sw_r, sw_s, False, BK, UPCAST, PREC)
-        _dgrad_store(acc1, dxf, ok1, n1, h1, w1, offs_n, C_in, sxf_n, sxf_h, sxf_w, sxf_c)
-    else:
+    nmask = offs_n < C_in
+    ok, n, h, w_, i, j = _class_rows(tm, a, b, Nx, H, W, sh, sw, BM)
+    dzrow = dz + n.to(tl.int64) * sd_n
+    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    cb_lo = tm * 0
+    if SHARE:
+        # A full tile inside [:c_in_s] also owns the small tile of its class and (M, N) index.
+        paired = full & (tm < nm2) & (tn < nn2)
+        npair = tl.where(paired, ncb2, 0)
         ok2, n2, h2, w2, i2, j2 = _class_rows(tm, a, b, N2, H2, W2, sh, sw, BM)
         acc2 = tl.zeros((BM, BN), dtype=tl.float32)
-        acc2 = _dgrad_loop(acc2, dzs + n2.to(tl.int64) * sds_n, wcol, i2, j2, ok2, offs_n < C_in, scale, a, b,
-                           r0, s0, ns, nr * ns, 0, ncb2, c_out_s, P2, Q2, C_out, ph, pw, dh, dw, rstep, sstep,
-                           sh, sw, sds_h, sds_w, sds_c, sw_o, sw_r, sw_s, HAS_SCALE, BK, UPCAST, PREC)
-        _dgrad_store(acc2, dxs, ok2, n2, h2, w2, offs_n, c_in_s, sxs_n, sxs_h, sxs_w, sxs_c)
+        acc, acc2 = _dgrad_pair_loop(
+            acc, acc2, dzrow, i, j, ok, dzs + n2.to(tl.int64) * sds_n, i2, j2, ok2, wcol, nmask, scale,
+            r0, s0, dp0, dq0, ns, nr * ns, npair, P, Q, P2, Q2, C_dz, c_out_s, rstep, sstep, dp_step, dq_step,
+            sd_h, sd_w, sd_c, sds_h, sds_w, sds_c, sw_o, sw_r, sw_s, HAS_SCALE, ONE_TAP, BK, UPCAST, PREC)
+        if paired:  # a store only: no accumulator is defined under this branch
+            _dgrad_store(acc2, dxs, ok2, n2, h2, w2, offs_n, c_in_s, sxs_n, sxs_h, sxs_w, sxs_c)
+        cb_lo = npair
+    acc = _dgrad_loop(acc, dzrow, wcol, i, j, ok, nmask, scale, small, r0, s0, dp0, dq0, ns, nr * ns, cb_lo, ncb,
+                      C_dz, P, Q, C_out, rstep, sstep, dp_step, dq_step, sd_h, sd_w, sd_c, sw_o, sw_r, sw_s,
+                      HAS_SCALE, ONE_TAP, BK, UPCAST, PREC)
+    _dgrad_store(acc, dx, ok, n, h, w_, offs_n, C_dx, sx_n, sx_h, sx_w, sx_c)
 
 
 def _num_programs(m1, m2, c_in, c_in_s, classes, share, meta):
@@ -260,7 +323,8 @@ def _dgrad_launch(dz_full, dz_small, weight, small_scale, input_hw, c_in_s, stri
         C_in, c_in_s, C_out, dzs.shape[1], R, S, sh, sw, *padding, dh, dw,
         sh // math.gcd(sh, dh), sw // math.gcd(sw, dw),
         *nhwc_strides(dzf), *nhwc_strides(dzs), *nhwc_strides(dxf), *nhwc_strides(dxs), *w.stride(),
-        HAS_SCALE=small_scale is not None, SHARE=share, UPCAST=UPCAST, PREC=dot_precision(dzf.dtype))
+        HAS_SCALE=small_scale is not None, SHARE=share, ONE_TAP=R * S == 1, UPCAST=UPCAST,
+        PREC=dot_precision(dzf.dtype))
     return dxf, dxs
 
 

@@ -32,6 +32,12 @@ from .conv_wgrad import conv2d_wgrad, wgrad_impl
 
 # ----------------------------------------------------------------------------------------------------
 # Kernel
+#
+# One code path per program (no `if full: ... else: ...` around the loops): ptxas serialises every wgmma
+# (advisory C7515) when an accumulator reaches an MMA through a control-flow merge, which both arms of a
+# branch calling the same loop, or a runtime `if` feeding an accumulator into a later loop, produce. So
+# each program first picks its problem's pointers, sizes and strides with scalar selects, then runs the
+# paired loop (zero trips without a small partner), the single loop and one epilogue.
 
 
 @triton.jit
@@ -44,31 +50,56 @@ def _out_rows(tile_m, M, P, Q, BM: tl.constexpr):
 
 
 @triton.jit
+def _next_k(cb, r, s, cb_lo, cb_hi, S, ONE_TAP: tl.constexpr):
+    """The K step after (channel block cb, tap r, s) in a loop over taps, channel blocks fastest.
+
+    Carried from step to step instead of recomputed from the trip count: ``it // ncb`` and ``tap // S``
+    are 32-bit divisions by runtime values, ~20 instructions each per K step on sm_90. A 1x1 filter
+    (``ONE_TAP``) only counts channel blocks: the tap stays (0, 0).
+    """
+    cb += 1
+    if not ONE_TAP:
+        wrap = cb == cb_hi
+        cb = tl.where(wrap, cb_lo, cb)
+        s = tl.where(wrap, s + 1, s)
+        wrap = s == S
+        s = tl.where(wrap, 0, s)
+        r = tl.where(wrap, r + 1, r)
+    return cb, r, s
+
+
+@triton.jit
+def _x_tile(xrow, hb, wb, ok, r, s, offs_c, C, H, W, dh, dw, sxh, sxw, sxc):
+    """im2col tile [BM, BK] of x for tap (r, s); zero outside the image and for channels >= C."""
+    h = hb + r * dh
+    w = wb + s * dw
+    valid = ok & (h >= 0) & (h < H) & (w >= 0) & (w < W)
+    return tl.load(xrow[:, None] + (h * sxh + w * sxw)[:, None] + offs_c[None, :] * sxc,
+                   mask=valid[:, None] & (offs_c < C)[None, :], other=0.0)
+
+
+@triton.jit
 def _fprop_loop(acc, xrow, wcol, hb, wb, ok, nmask, cb_lo, cb_hi, C, H, W, C_in, R, S, dh, dw,
                 sxh, sxw, sxc, sw_i, sw_r, sw_s,
-                BK: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr):
+                ONE_TAP: tl.constexpr, BK: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr):
     """One branch: acc += im2col(x) @ W over all taps and channel blocks [cb_lo, cb_hi).
 
     ``xrow`` [BM] points at each output row's image, ``wcol`` [BN] at each output channel's filter;
     ``C`` bounds x's channels. The loop is flat over (tap, channel block) so it pipelines as one loop.
     """
-    ncb = cb_hi - cb_lo
-    for it in range(0, R * S * ncb):
-        tap = it // ncb
-        r = tap // S
-        s = tap - r * S
-        offs_c = (cb_lo + it - tap * ncb) * BK + tl.arange(0, BK)
-        h = hb + r * dh
-        w = wb + s * dw
-        valid = ok & (h >= 0) & (h < H) & (w >= 0) & (w < W)
-        a = tl.load(xrow[:, None] + (h * sxh + w * sxw)[:, None] + offs_c[None, :] * sxc,
-                    mask=valid[:, None] & (offs_c < C)[None, :], other=0.0)
+    cb = cb_lo
+    r = cb_lo * 0
+    s = cb_lo * 0
+    for _ in range(0, R * S * (cb_hi - cb_lo)):
+        offs_c = cb * BK + tl.arange(0, BK)
+        a = _x_tile(xrow, hb, wb, ok, r, s, offs_c, C, H, W, dh, dw, sxh, sxw, sxc)
         b = tl.load(wcol[None, :] + (r * sw_r + s * sw_s) + offs_c[:, None] * sw_i,
                     mask=(offs_c < C_in)[:, None] & nmask[None, :], other=0.0)
         if UPCAST:
             a = a.to(tl.float32)
             b = b.to(tl.float32)
         acc = tl.dot(a, b, acc, input_precision=PREC)
+        cb, r, s = _next_k(cb, r, s, cb_lo, cb_hi, S, ONE_TAP)
     return acc
 
 
@@ -76,42 +107,40 @@ def _fprop_loop(acc, xrow, wcol, hb, wb, ok, nmask, cb_lo, cb_hi, C, H, W, C_in,
 def _fprop_pair_loop(acc1, acc2, xrow1, hb1, wb1, ok1, xrow2, hb2, wb2, ok2, wcol, nmask, ncb,
                      H1, W1, H2, W2, C_in, c_in_s, R, S, dh, dw,
                      sf_h, sf_w, sf_c, ss_h, ss_w, ss_c, sw_i, sw_r, sw_s,
-                     BK: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr):
+                     ONE_TAP: tl.constexpr, BK: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr):
     """Both branches over the first ``ncb`` channel blocks: one weight load feeds both accumulators.
 
     The small input tile is zero for channels >= c_in_s, so the weight rows beyond the prefix that the
     full branch needs contribute nothing to the small accumulator.
     """
-    for it in range(0, R * S * ncb):
-        tap = it // ncb
-        r = tap // S
-        s = tap - r * S
-        offs_c = (it - tap * ncb) * BK + tl.arange(0, BK)
+    cb = ncb * 0
+    r = ncb * 0
+    s = ncb * 0
+    for _ in range(0, R * S * ncb):
+        offs_c = cb * BK + tl.arange(0, BK)
         b = tl.load(wcol[None, :] + (r * sw_r + s * sw_s) + offs_c[:, None] * sw_i,
                     mask=(offs_c < C_in)[:, None] & nmask[None, :], other=0.0)
-        h = hb1 + r * dh
-        w = wb1 + s * dw
-        valid = ok1 & (h >= 0) & (h < H1) & (w >= 0) & (w < W1)
-        a1 = tl.load(xrow1[:, None] + (h * sf_h + w * sf_w)[:, None] + offs_c[None, :] * sf_c,
-                     mask=valid[:, None] & (offs_c < C_in)[None, :], other=0.0)
-        h = hb2 + r * dh
-        w = wb2 + s * dw
-        valid = ok2 & (h >= 0) & (h < H2) & (w >= 0) & (w < W2)
-        a2 = tl.load(xrow2[:, None] + (h * ss_h + w * ss_w)[:, None] + offs_c[None, :] * ss_c,
-                     mask=valid[:, None] & (offs_c < c_in_s)[None, :], other=0.0)
+        a1 = _x_tile(xrow1, hb1, wb1, ok1, r, s, offs_c, C_in, H1, W1, dh, dw, sf_h, sf_w, sf_c)
+        a2 = _x_tile(xrow2, hb2, wb2, ok2, r, s, offs_c, c_in_s, H2, W2, dh, dw, ss_h, ss_w, ss_c)
         if UPCAST:
             a1 = a1.to(tl.float32)
             a2 = a2.to(tl.float32)
             b = b.to(tl.float32)
         acc1 = tl.dot(a1, b, acc1, input_precision=PREC)
         acc2 = tl.dot(a2, b, acc2, input_precision=PREC)
+        cb, r, s = _next_k(cb, r, s, 0, ncb, S, ONE_TAP)
     return acc1, acc2
 
 
 @triton.jit
-def _fprop_store(acc, z, u, bias, scale, ok, n, p, q, offs_n, C, sz_n, sz_h, sz_w, sz_c,
+def _fprop_store(acc, z, u, bias, scale, small, ok, n, p, q, offs_n, C, sz_n, sz_h, sz_w, sz_c,
                  HAS_BIAS: tl.constexpr, HAS_SCALE: tl.constexpr, SAVE_PRE: tl.constexpr):
-    """Epilogue: + bias, optionally store the pre-scale value to ``u``, * scale, store to ``z``."""
+    """Epilogue: + bias; for a small tile (``small``, a runtime scalar) store the pre-scale value to ``u``
+    and multiply by the scale; store to ``z``.
+
+    ``small`` masks the scale load (1 for full tiles) and the ``u`` store instead of branching, so the
+    full and the small problems share this one epilogue.
+    """
     cmask = offs_n < C
     if HAS_BIAS:
         acc += tl.load(bias + offs_n, mask=cmask, other=0.0).to(tl.float32)[None, :]
@@ -119,9 +148,9 @@ def _fprop_store(acc, z, u, bias, scale, ok, n, p, q, offs_n, C, sz_n, sz_h, sz_
     offs = row[:, None] + offs_n[None, :] * sz_c
     mask = ok[:, None] & cmask[None, :]
     if SAVE_PRE:
-        tl.store(u + offs, acc.to(u.dtype.element_ty), mask=mask)
+        tl.store(u + offs, acc.to(u.dtype.element_ty), mask=mask & small)
     if HAS_SCALE:
-        acc *= tl.load(scale + offs_n, mask=cmask, other=0.0).to(tl.float32)[None, :]
+        acc *= tl.load(scale + offs_n, mask=cmask & small, other=1.0).to(tl.float32)[None, :]
     tl.store(z + offs, acc.to(z.dtype.element_ty), mask=mask)
 
 
@@ -141,7 +170,7 @@ def _fprop_kernel(xf, xs, w, bias, scale, zf, zs, us,
                   szf_n, szf_h, szf_w, szf_c, szs_n, szs_h, szs_w, szs_c,
                   sw_o, sw_i, sw_r, sw_s,
                   HAS_BIAS: tl.constexpr, HAS_SCALE: tl.constexpr, SAVE_PRE: tl.constexpr,
-                  SHARE: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr,
+                  SHARE: tl.constexpr, ONE_TAP: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr,
                   BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr):
     pid = tl.program_id(0)
     nm1 = tl.cdiv(N1 * P1 * Q1, BM)
@@ -149,44 +178,64 @@ def _fprop_kernel(xf, xs, w, bias, scale, zf, zs, us,
     nm2 = tl.cdiv(N2 * P2 * Q2, BM)
     nn2 = tl.cdiv(c_out_s, BN)
     ncb2 = tl.cdiv(c_in_s, BK)
-    if pid < nm1 * nn1:
+    # Which tile: scalars only in this branch (no accumulator crosses it).
+    full = pid < nm1 * nn1
+    if full:
         tm, tn = swizzle(pid, nm1, nn1, GROUP_M)
-        offs_n = tn * BN + tl.arange(0, BN)
-        wcol = w + offs_n * sw_o
-        nmask = offs_n < C_out
-        ok1, n1, p1, q1 = _out_rows(tm, N1 * P1 * Q1, P1, Q1, BM)
-        xrow1 = xf + n1.to(tl.int64) * sxf_n
-        acc1 = tl.zeros((BM, BN), dtype=tl.float32)
-        cb_lo = tm * 0
-        if SHARE:
-            if (tm < nm2) & (tn < nn2):
-                ok2, n2, p2, q2 = _out_rows(tm, N2 * P2 * Q2, P2, Q2, BM)
-                acc2 = tl.zeros((BM, BN), dtype=tl.float32)
-                acc1, acc2 = _fprop_pair_loop(
-                    acc1, acc2, xrow1, p1 * sh - ph, q1 * sw - pw, ok1, xs + n2.to(tl.int64) * sxs_n,
-                    p2 * sh - ph, q2 * sw - pw, ok2, wcol, nmask, ncb2, H1, W1, H2, W2, C_in, c_in_s, R, S,
-                    dh, dw, sxf_h, sxf_w, sxf_c, sxs_h, sxs_w, sxs_c, sw_i, sw_r, sw_s, BK, UPCAST, PREC)
-                _fprop_store(acc2, zs, us, bias, scale, ok2, n2, p2, q2, offs_n, c_out_s,
-                             szs_n, szs_h, szs_w, szs_c, HAS_BIAS, HAS_SCALE, SAVE_PRE)
-                cb_lo = ncb2
-        acc1 = _fprop_loop(acc1, xrow1, wcol, p1 * sh - ph, q1 * sw - pw, ok1, nmask, cb_lo, tl.cdiv(C_in, BK),
-                           C_in, H1, W1, C_in, R, S, dh, dw, sxf_h, sxf_w, sxf_c, sw_i, sw_r, sw_s,
-                           BK, UPCAST, PREC)
-        _fprop_store(acc1, zf, zf, bias, scale, ok1, n1, p1, q1, offs_n, C_out,
-                     szf_n, szf_h, szf_w, szf_c, HAS_BIAS, False, False)
     else:
         t = pid - nm1 * nn1
         tm = t // nn2
+        tn = t - tm * nn2
         if SHARE:
             tm += nm1  # small tiles below nm1 were paired with a full tile
-        offs_n = (t % nn2) * BN + tl.arange(0, BN)
+    small = pid >= nm1 * nn1
+    # The program's own problem, by scalar selects.
+    x = tl.where(full, xf, xs)
+    z = tl.where(full, zf, zs)
+    H = tl.where(full, H1, H2)
+    W = tl.where(full, W1, W2)
+    P = tl.where(full, P1, P2)
+    Q = tl.where(full, Q1, Q2)
+    M = tl.where(full, N1 * P1 * Q1, N2 * P2 * Q2)
+    C_x = tl.where(full, C_in, c_in_s)
+    C_z = tl.where(full, C_out, c_out_s)
+    ncb = tl.where(full, tl.cdiv(C_in, BK), ncb2)
+    sx_n = tl.where(full, sxf_n, sxs_n)
+    sx_h = tl.where(full, sxf_h, sxs_h)
+    sx_w = tl.where(full, sxf_w, sxs_w)
+    sx_c = tl.where(full, sxf_c, sxs_c)
+    sz_n = tl.where(full, szf_n, szs_n)
+    sz_h = tl.where(full, szf_h, szs_h)
+    sz_w = tl.where(full, szf_w, szs_w)
+    sz_c = tl.where(full, szf_c, szs_c)
+
+    offs_n = tn * BN + tl.arange(0, BN)
+    wcol = w + offs_n * sw_o
+    nmask = offs_n < C_out
+    ok, n, p, q = _out_rows(tm, M, P, Q, BM)
+    xrow = x + n.to(tl.int64) * sx_n
+    hb = p * sh - ph
+    wb = q * sw - pw
+    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    cb_lo = tm * 0
+    if SHARE:
+        # A full tile inside [:c_out_s] also owns the small tile with its (M, N) index.
+        paired = full & (tm < nm2) & (tn < nn2)
+        npair = tl.where(paired, ncb2, 0)
         ok2, n2, p2, q2 = _out_rows(tm, N2 * P2 * Q2, P2, Q2, BM)
         acc2 = tl.zeros((BM, BN), dtype=tl.float32)
-        acc2 = _fprop_loop(acc2, xs + n2.to(tl.int64) * sxs_n, w + offs_n * sw_o, p2 * sh - ph, q2 * sw - pw,
-                           ok2, offs_n < C_out, 0, ncb2, c_in_s, H2, W2, C_in, R, S, dh, dw,
-                           sxs_h, sxs_w, sxs_c, sw_i, sw_r, sw_s, BK, UPCAST, PREC)
-        _fprop_store(acc2, zs, us, bias, scale, ok2, n2, p2, q2, offs_n, c_out_s,
-                     szs_n, szs_h, szs_w, szs_c, HAS_BIAS, HAS_SCALE, SAVE_PRE)
+        acc, acc2 = _fprop_pair_loop(
+            acc, acc2, xrow, hb, wb, ok, xs + n2.to(tl.int64) * sxs_n, p2 * sh - ph, q2 * sw - pw, ok2,
+            wcol, nmask, npair, H, W, H2, W2, C_x, c_in_s, R, S, dh, dw, sx_h, sx_w, sx_c,
+            sxs_h, sxs_w, sxs_c, sw_i, sw_r, sw_s, ONE_TAP, BK, UPCAST, PREC)
+        if paired:  # stores only: no accumulator is defined under this branch
+            _fprop_store(acc2, zs, us, bias, scale, paired, ok2, n2, p2, q2, offs_n, c_out_s,
+                         szs_n, szs_h, szs_w, szs_c, HAS_BIAS, HAS_SCALE, SAVE_PRE)
+        cb_lo = npair
+    acc = _fprop_loop(acc, xrow, wcol, hb, wb, ok, nmask, cb_lo, ncb, C_x, H, W, C_in, R, S, dh, dw,
+                      sx_h, sx_w, sx_c, sw_i, sw_r, sw_s, ONE_TAP, BK, UPCAST, PREC)
+    _fprop_store(acc, z, us, bias, scale, small, ok, n, p, q, offs_n, C_z, sz_n, sz_h, sz_w, sz_c,
+                 HAS_BIAS, HAS_SCALE, SAVE_PRE)
 
 
 def _num_programs(m1, m2, c_out, c_out_s, share, meta):
@@ -235,7 +284,7 @@ def _fprop_launch(x_full, x_small, weight, bias, small_scale, stride, padding, d
         C_in, xs.shape[1], C_out, c_out_s, R, S, *stride, *padding, *dilation,
         *nhwc_strides(xf), *nhwc_strides(xs), *nhwc_strides(zf), *nhwc_strides(zs), *w.stride(),
         HAS_BIAS=bias is not None, HAS_SCALE=small_scale is not None, SAVE_PRE=save_pre,
-        SHARE=share_weights, UPCAST=UPCAST, PREC=dot_precision(xf.dtype))
+        SHARE=share_weights, ONE_TAP=R * S == 1, UPCAST=UPCAST, PREC=dot_precision(xf.dtype))
     return zf, zs, us
 
 

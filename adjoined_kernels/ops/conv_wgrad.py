@@ -119,7 +119,7 @@ def _dims(a):
     return a["C_out"], a["R"] * a["S"] * a["C_in"], a["N1"] * a["P1"] * a["Q1"]
 
 
-@triton.autotune(configs=configs(GEMM_SPACE, INTERP_GEMM), prune_configs_by=gemm_prune(_dims),
+@triton.autotune(configs=configs(GEMM_SPACE, INTERP_GEMM), prune_configs_by=gemm_prune(_dims, rings=2),
                  key=["N1", "P1", "Q1", "N2", "P2", "Q2", "C_in", "c_in_s", "C_out", "c_out_s", "R", "S",
                       "nch1", "nch2", "HAS_BIAS", "HAS_SCALE", "PREC"])
 @triton.jit
