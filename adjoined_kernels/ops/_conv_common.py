@@ -164,3 +164,9 @@ def swizzle(pid, num_m, num_n, GROUP_M: tl.constexpr):
     tile_m = first_m + (pid % width) % size_m
     tile_n = (pid % width) // size_m
     return tile_m, tile_n
+
+
+@triton.jit
+def pick4(cond, a0, a1, a2, a3, b0, b1, b2, b3):
+    """Four scalar selects, ``a_i if cond else b_i``: one problem's (n, h, w, c) strides of two."""
+    return tl.where(cond, a0, b0), tl.where(cond, a1, b1), tl.where(cond, a2, b2), tl.where(cond, a3, b3)

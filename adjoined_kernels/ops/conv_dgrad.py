@@ -27,7 +27,7 @@ import triton.language as tl
 
 from . import _alloc
 from ._conv_common import (GEMM_SPACE, INTERP_GEMM, UPCAST, channels_last, configs, dense, dot_precision, gemm_prune,
-                           nhwc_strides, on_device, shared_a_tiles, swizzle)
+                           nhwc_strides, on_device, pick4, shared_a_tiles, swizzle)
 
 # ----------------------------------------------------------------------------------------------------
 # Kernel
@@ -253,14 +253,8 @@ def _dgrad_kernel(dzf, dzs, w, scale, dxf, dxs,
     C_dz = tl.where(full, C_out, c_out_s)
     C_dx = tl.where(full, C_in, c_in_s)
     ncb = tl.where(full, tl.cdiv(C_out, BK), ncb2)
-    sd_n = tl.where(full, sdf_n, sds_n)
-    sd_h = tl.where(full, sdf_h, sds_h)
-    sd_w = tl.where(full, sdf_w, sds_w)
-    sd_c = tl.where(full, sdf_c, sds_c)
-    sx_n = tl.where(full, sxf_n, sxs_n)
-    sx_h = tl.where(full, sxf_h, sxs_h)
-    sx_w = tl.where(full, sxf_w, sxs_w)
-    sx_c = tl.where(full, sxf_c, sxs_c)
+    sd_n, sd_h, sd_w, sd_c = pick4(full, sdf_n, sdf_h, sdf_w, sdf_c, sds_n, sds_h, sds_w, sds_c)
+    sx_n, sx_h, sx_w, sx_c = pick4(full, sxf_n, sxf_h, sxf_w, sxf_c, sxs_n, sxs_h, sxs_w, sxs_c)
 
     offs_n = tn * BN + tl.arange(0, BN)
     wcol = w + offs_n * sw_i

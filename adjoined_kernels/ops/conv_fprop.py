@@ -26,7 +26,7 @@ import triton.language as tl
 from . import _alloc
 from ._conv_common import (GEMM_SPACE, INTERP_GEMM, UPCAST, channels_last, configs, conv_out_size, dense,
                            dot_precision, gemm_prune, nhwc_strides, on_device, restore_format, shared_a_tiles,
-                           swizzle)
+                           pick4, swizzle)
 from .conv_dgrad import conv2d_dgrad, dgrad_impl
 from .conv_wgrad import conv2d_wgrad, wgrad_impl
 
@@ -200,14 +200,8 @@ def _fprop_kernel(xf, xs, w, bias, scale, zf, zs, us,
     C_x = tl.where(full, C_in, c_in_s)
     C_z = tl.where(full, C_out, c_out_s)
     ncb = tl.where(full, tl.cdiv(C_in, BK), ncb2)
-    sx_n = tl.where(full, sxf_n, sxs_n)
-    sx_h = tl.where(full, sxf_h, sxs_h)
-    sx_w = tl.where(full, sxf_w, sxs_w)
-    sx_c = tl.where(full, sxf_c, sxs_c)
-    sz_n = tl.where(full, szf_n, szs_n)
-    sz_h = tl.where(full, szf_h, szs_h)
-    sz_w = tl.where(full, szf_w, szs_w)
-    sz_c = tl.where(full, szf_c, szs_c)
+    sx_n, sx_h, sx_w, sx_c = pick4(full, sxf_n, sxf_h, sxf_w, sxf_c, sxs_n, sxs_h, sxs_w, sxs_c)
+    sz_n, sz_h, sz_w, sz_c = pick4(full, szf_n, szf_h, szf_w, szf_c, szs_n, szs_h, szs_w, szs_c)
 
     offs_n = tn * BN + tl.arange(0, BN)
     wcol = w + offs_n * sw_o
