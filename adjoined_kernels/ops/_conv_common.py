@@ -93,13 +93,12 @@ def configs(space, interp):
 SMEM_BUDGET = 200 * 1024
 
 
-def gemm_prune(dims, a_tiles=lambda kwargs: 1, rings: int = 1):
+def gemm_prune(dims, a_tiles=lambda kwargs: 1):
     """Autotune pruner (``prune_configs_by``) for the implicit GEMMs; ``dims(named_args)`` gives the full
     problem's (M, N, K).
 
     - Drops configs whose pipelined operand tiles overflow shared memory (``a_tiles(kwargs)`` A tiles, two
-      when one weight tile feeds both branches, plus one B tile per stage, times ``rings``: wgrad's two
-      inlined tile loops get a buffer ring each, as ptxas reports for sm_90).
+      when one weight tile feeds both branches, plus one B tile per stage).
     - Drops 128-wide tiles along a dimension of at most 64 (half the tile would be masked).
     - With two A tiles (weight sharing: two accumulators), drops the configs in ``SHARED_SPILLS``.
     - Problems under 2^26 MACs are launch-bound: they skip tuning and take the 64x64x32 tile, so small
@@ -113,7 +112,7 @@ def gemm_prune(dims, a_tiles=lambda kwargs: 1, rings: int = 1):
             configs = [c for c in configs if config_key(c) not in SHARED_SPILLS] or configs
 
         def smem(c):
-            return rings * (n_a * c.kwargs["BM"] + c.kwargs["BN"]) * c.kwargs["BK"] * elt * c.num_stages
+            return (n_a * c.kwargs["BM"] + c.kwargs["BN"]) * c.kwargs["BK"] * elt * c.num_stages
 
         def useful(c):
             return (c.kwargs["BM"] <= max(64, m)) and (c.kwargs["BN"] <= max(64, n))

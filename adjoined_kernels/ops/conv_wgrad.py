@@ -25,23 +25,58 @@ import triton.language as tl
 
 from . import _alloc
 from ._conv_common import (GEMM_SPACE, INTERP_GEMM, INTERPRET, UPCAST, channels_last, configs, conv_out_size, dense,
-                           dot_precision, gemm_prune, nhwc_strides, on_device, swizzle)
+                           dot_precision, gemm_prune, nhwc_strides, on_device, pick4, swizzle)
 
 # ----------------------------------------------------------------------------------------------------
 # Kernels
+#
+# One code path per program, as in conv_fprop: each program picks its problem's pointers, sizes and
+# strides with scalar selects and runs the one tile loop. Two call sites of the loop (one per branch)
+# make ptxas serialise every wgmma (C7515).
 
 
 @triton.jit
-def _wgrad_tile(x, dz, scale, ws, dbw, chunk, nch, tm, tn, NB, H, W, P, Q, C, Co, R, S,
-                sh, sw, ph, pw, dh, dw, sxn, sxh, sxw, sxc, sdn, sdh, sdw, sdc,
+def _rows_init(k, P, Q):
+    """(n, p, q) of the GEMM rows ``k`` (flattened output positions): two divisions, done once per tile."""
+    n = k // (P * Q)
+    pq = k - n * (P * Q)
+    p = pq // Q
+    return n, p, pq - p * Q
+
+
+@triton.jit
+def _rows_next(n, p, q, dn, dp, dq, P, Q):
+    """(n, p, q) of the rows BK further on, where BK = (dn·P + dp)·Q + dq with dp < P and dq < Q.
+
+    A carry per digit replaces the two 32-bit divisions by runtime values per K step (~20 instructions
+    each on sm_90).
+    """
+    q += dq
+    wrap = q >= Q
+    q = tl.where(wrap, q - Q, q)
+    p += tl.where(wrap, dp + 1, dp)
+    wrap = p >= P
+    p = tl.where(wrap, p - P, p)
+    n += tl.where(wrap, dn + 1, dn)
+    return n, p, q
+
+
+@triton.jit
+def _wgrad_tile(x, dz, scale, ws, dbw, small, chunk, kch, tm, tn, NB, H, W, P, Q, C, Co, R, S,
+                sh, sw, ph, pw, dh, dw, sxn, sxh, sxw, sxc,
                 FLAT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SCALE: tl.constexpr, UPCAST: tl.constexpr,
                 PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
-    """Partial dW tile of one branch over K-chunk ``chunk`` of ``nch``, written to ws[chunk].
+    """Partial dW tile of one branch over rows ``[chunk·kch, (chunk+1)·kch)`` of K, written to ws[chunk].
 
     Rows are output channels ``co < Co``; columns index the flattened (tap, input channel) axis of
     ws ``[nch, Co, R*S*C]`` fp32. Tap-major tiles (FLAT false) hold one tap and BN channels, so the
     image bounds are checked per row; FLAT tiles run over the flattened axis, which fills the tile when
     C is small, at the cost of per-element bounds. dbw ``[nch, Co]`` gets the tn == 0 tiles' dz sums.
+    The host makes ``kch`` a multiple of BK and every chunk non-empty: the loop runs at least once, so no
+    zero-trip path sets the accumulator outside it (ptxas would serialise the wgmmas, C7515).
+    ``small`` (a runtime scalar) applies ``scale`` to the finished tile: the scale is per output channel,
+    a row of this GEMM, so it commutes with the K reduction. dz is dense NHWC (the launcher makes it so):
+    GEMM row k of dz starts at k·Co, with no (n, p, q) decoding.
     """
     offs_m = tm * BM + tl.arange(0, BM)
     mmask = offs_m < Co
@@ -65,30 +100,21 @@ def _wgrad_tile(x, dz, scale, ws, dbw, chunk, nch, tm, tn, NB, H, W, P, Q, C, Co
         rd = r * dh
         sd = s * dw
     coff = (r * dh * sxh + s * dw * sxw + ci * sxc)[None, :]
-    if HAS_SCALE:
-        sc = tl.load(scale + offs_m, mask=mmask, other=0.0).to(tl.float32)
     K = NB * P * Q
-    kch = tl.cdiv(tl.cdiv(K, nch), BK) * BK
     k_lo = chunk * kch
     k_hi = tl.minimum(k_lo + kch, K)
+    tl.assume(k_lo < k_hi)
+    rows = k_lo + tl.arange(0, BK)
+    n, p, q = _rows_init(rows, P, Q)
+    dn, dp, dq = _rows_init(tl.full((), BK, tl.int32), P, Q)
     acc = tl.zeros((BM, BN), dtype=tl.float32)
     dbacc = tl.zeros((BM,), dtype=tl.float32)
-    for k0 in range(k_lo, k_hi, BK):
-        rows = k0 + tl.arange(0, BK)
+    for _ in range(k_lo, k_hi, BK):
         rok = rows < k_hi
-        n = rows // (P * Q)
-        pq = rows - n * (P * Q)
-        p = pq // Q
-        q = pq - p * Q
-        a = tl.load(dz + (n.to(tl.int64) * sdn + p * sdh + q * sdw)[None, :] + offs_m[:, None] * sdc,
+        a = tl.load(dz + (rows.to(tl.int64) * Co)[None, :] + offs_m[:, None],
                     mask=mmask[:, None] & rok[None, :], other=0.0)
-        if HAS_SCALE:
-            af = a.to(tl.float32) * sc[:, None]
-            a = af.to(dz.dtype.element_ty)
-        else:
-            af = a.to(tl.float32)
         if HAS_BIAS:
-            dbacc += tl.sum(af, axis=1)
+            dbacc += tl.sum(a.to(tl.float32), axis=1)
         hb = p * sh - ph
         wb = q * sw - pw
         h = hb[:, None] + rd
@@ -100,6 +126,12 @@ def _wgrad_tile(x, dz, scale, ws, dbw, chunk, nch, tm, tn, NB, H, W, P, Q, C, Co
             a = a.to(tl.float32)
             b = b.to(tl.float32)
         acc = tl.dot(a, b, acc, input_precision=PREC)
+        rows += BK
+        n, p, q = _rows_next(n, p, q, dn, dp, dq, P, Q)
+    if HAS_SCALE:
+        sc = tl.load(scale + offs_m, mask=mmask & small, other=1.0).to(tl.float32)
+        acc *= sc[:, None]
+        dbacc *= sc
     RSC = R * S * C
     out = ws + chunk.to(tl.int64) * Co * RSC + offs_m[:, None] * RSC + col[None, :]
     tl.store(out, acc, mask=mmask[:, None] & nmask[None, :])
@@ -119,35 +151,37 @@ def _dims(a):
     return a["C_out"], a["R"] * a["S"] * a["C_in"], a["N1"] * a["P1"] * a["Q1"]
 
 
-@triton.autotune(configs=configs(GEMM_SPACE, INTERP_GEMM), prune_configs_by=gemm_prune(_dims, rings=2),
+@triton.autotune(configs=configs(GEMM_SPACE, INTERP_GEMM), prune_configs_by=gemm_prune(_dims),
                  key=["N1", "P1", "Q1", "N2", "P2", "Q2", "C_in", "c_in_s", "C_out", "c_out_s", "R", "S",
-                      "nch1", "nch2", "HAS_BIAS", "HAS_SCALE", "PREC"])
+                      "kch", "HAS_BIAS", "HAS_SCALE", "PREC"])
 @triton.jit
 def _wgrad_kernel(xf, xs, dzf, dzs, scale, ws1, ws2, dbw1, dbw2,
                   N1, H1, W1, P1, Q1, N2, H2, W2, P2, Q2, C_in, c_in_s, C_out, c_out_s, R, S,
-                  sh, sw, ph, pw, dh, dw, nch1, nch2,
+                  sh, sw, ph, pw, dh, dw, nch1, kch,
                   sxf_n, sxf_h, sxf_w, sxf_c, sxs_n, sxs_h, sxs_w, sxs_c,
-                  sdf_n, sdf_h, sdf_w, sdf_c, sds_n, sds_h, sds_w, sds_c,
-                  FLAT1: tl.constexpr, FLAT2: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SCALE: tl.constexpr,
+                  FLAT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SCALE: tl.constexpr,
                   UPCAST: tl.constexpr, PREC: tl.constexpr,
                   BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr):
     pid = tl.program_id(0)
     nm1 = tl.cdiv(C_out, BM)
-    nn1 = _n_tiles(R, S, C_in, FLAT1, BN)
-    if pid < nch1 * nm1 * nn1:
-        # Consecutive programs share a K-chunk, so its x and dz rows stay in L2.
-        tm, tn = swizzle(pid % (nm1 * nn1), nm1, nn1, GROUP_M)
-        _wgrad_tile(xf, dzf, scale, ws1, dbw1, pid // (nm1 * nn1), nch1, tm, tn, N1, H1, W1, P1, Q1,
-                    C_in, C_out, R, S, sh, sw, ph, pw, dh, dw, sxf_n, sxf_h, sxf_w, sxf_c,
-                    sdf_n, sdf_h, sdf_w, sdf_c, FLAT1, HAS_BIAS, False, UPCAST, PREC, BM, BN, BK)
-    else:
-        t = pid - nch1 * nm1 * nn1
-        nm2 = tl.cdiv(c_out_s, BM)
-        nn2 = _n_tiles(R, S, c_in_s, FLAT2, BN)
-        tm, tn = swizzle(t % (nm2 * nn2), nm2, nn2, GROUP_M)
-        _wgrad_tile(xs, dzs, scale, ws2, dbw2, t // (nm2 * nn2), nch2, tm, tn, N2, H2, W2, P2, Q2,
-                    c_in_s, c_out_s, R, S, sh, sw, ph, pw, dh, dw, sxs_n, sxs_h, sxs_w, sxs_c,
-                    sds_n, sds_h, sds_w, sds_c, FLAT2, HAS_BIAS, HAS_SCALE, UPCAST, PREC, BM, BN, BK)
+    nn1 = _n_tiles(R, S, C_in, FLAT, BN)
+    nm2 = tl.cdiv(c_out_s, BM)
+    nn2 = _n_tiles(R, S, c_in_s, FLAT, BN)
+    full = pid < nch1 * nm1 * nn1
+    # The program's own problem, by scalar selects: work items of the full problem come first.
+    t = tl.where(full, pid, pid - nch1 * nm1 * nn1)
+    nm = tl.where(full, nm1, nm2)
+    nn = tl.where(full, nn1, nn2)
+    chunk = t // (nm * nn)
+    # Consecutive programs share a K-chunk, so its x and dz rows stay in L2.
+    tm, tn = swizzle(t - chunk * (nm * nn), nm, nn, GROUP_M)
+    sx_n, sx_h, sx_w, sx_c = pick4(full, sxf_n, sxf_h, sxf_w, sxf_c, sxs_n, sxs_h, sxs_w, sxs_c)
+    _wgrad_tile(tl.where(full, xf, xs), tl.where(full, dzf, dzs), scale, tl.where(full, ws1, ws2),
+                tl.where(full, dbw1, dbw2), pid >= nch1 * nm1 * nn1, chunk, kch, tm, tn,
+                tl.where(full, N1, N2), tl.where(full, H1, H2), tl.where(full, W1, W2), tl.where(full, P1, P2),
+                tl.where(full, Q1, Q2), tl.where(full, C_in, c_in_s), tl.where(full, C_out, c_out_s), R, S,
+                sh, sw, ph, pw, dh, dw, sx_n, sx_h, sx_w, sx_c,
+                FLAT, HAS_BIAS, HAS_SCALE, UPCAST, PREC, BM, BN, BK)
 
 
 @triton.jit
@@ -181,7 +215,9 @@ def _reduce_kernel(ws1, ws2, out, nch1, nch2, Co, co_s, T, C, c_s, S, so_o, so_i
 
 REDUCE_BLOCK = 256 if INTERPRET else 1024
 
-# Branches with fewer input channels use FLAT tiles over (tap, channel) rather than one tap per tile.
+# Launches whose full problem has fewer input channels use FLAT tiles over (tap, channel) rather than one
+# tap per tile, in both branches: the tiling is a constexpr of the one code path. When only c_in_s is
+# below this, the small branch's tap-major tiles are partly masked, the cheaper loss than two code paths.
 FLAT_BELOW = 32
 
 
@@ -194,18 +230,24 @@ def _sm_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
-def _splits(k1, k2, tiles1, tiles2, device):
-    """K-chunks per branch: equal-work items, about two per SM, each at least 256 rows long.
+# Chunk lengths are multiples of every BK in the autotune space, so a chunk is whole K steps.
+CHUNK_ALIGN = 64
 
-    Under the interpreter (cost per program, not per element) up to two chunks per branch keep split-K
-    exercised by tiny test shapes.
+
+def _splits(k1, k2, tiles1, tiles2, device):
+    """(rows per K-chunk, chunks of the full branch, chunks of the small branch).
+
+    One chunk length for both branches gives equal-work items: about two per SM, each at least 256 rows
+    long. Every chunk is non-empty (an empty branch has none). Under the interpreter (cost per program,
+    not per element) the longer branch gets two chunks, so tiny test shapes still exercise split-K.
     """
     if device.type != "cuda" or INTERPRET:
-        return min(2, triton.cdiv(k1, 64)) or 1, min(2, triton.cdiv(k2, 64)) or 1
-    work = tiles1 * k1 + tiles2 * k2
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    kch = max(256, triton.cdiv(work, 2 * _sm_count(index)))
-    return max(1, triton.cdiv(k1, kch)), max(1, triton.cdiv(k2, kch))
+        kch = triton.cdiv(max(k1, k2), 2)
+    else:
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        kch = max(256, triton.cdiv(tiles1 * k1 + tiles2 * k2, 2 * _sm_count(index)))
+    kch = max(CHUNK_ALIGN, triton.cdiv(kch, CHUNK_ALIGN) * CHUNK_ALIGN)
+    return kch, triton.cdiv(k1, kch), triton.cdiv(k2, kch)
 
 
 def _reduce(ws1, ws2, out, nch1, nch2, co, co_s, taps, c, c_s, s, strides):
@@ -224,27 +266,27 @@ def _wgrad_launch(x_full, x_small, dz_full, dz_small, small_scale, kernel_size, 
     db = _alloc.empty((C_out,) if need_bias else (0,), dtype=xf.dtype, device=dev)
     nominal = 32 if INTERPRET else 128  # tile edge used only to size the split
     k1, k2 = N1 * dzf.shape[2] * dzf.shape[3], N2 * dzs.shape[2] * dzs.shape[3]
-    nch1, nch2 = _splits(k1, k2, triton.cdiv(C_out, nominal) * triton.cdiv(R * S * C_in, nominal),
+    kch, nch1, nch2 = _splits(k1, k2, triton.cdiv(C_out, nominal) * triton.cdiv(R * S * C_in, nominal),
                          triton.cdiv(c_out_s, nominal) * triton.cdiv(R * S * c_in_s, nominal), dev)
     ws1 = _alloc.empty((nch1, C_out, R * S * C_in), dtype=f32, device=dev)
     ws2 = _alloc.empty((nch2, c_out_s, R * S * c_in_s), dtype=f32, device=dev)
     dbw1 = _alloc.empty((nch1, C_out) if need_bias else (1,), dtype=f32, device=dev)
     dbw2 = _alloc.empty((nch2, c_out_s) if need_bias else (1,), dtype=f32, device=dev)
 
-    flat1, flat2 = C_in < FLAT_BELOW, c_in_s < FLAT_BELOW
+    flat = C_in < FLAT_BELOW
 
     def grid(meta):
         bm, bn = meta["BM"], meta["BN"]
-        t1 = triton.cdiv(C_out, bm) * _n_tiles_host(R * S, C_in, flat1, bn)
-        t2 = triton.cdiv(c_out_s, bm) * _n_tiles_host(R * S, c_in_s, flat2, bn)
+        t1 = triton.cdiv(C_out, bm) * _n_tiles_host(R * S, C_in, flat, bn)
+        t2 = triton.cdiv(c_out_s, bm) * _n_tiles_host(R * S, c_in_s, flat, bn)
         return (nch1 * t1 + nch2 * t2,)
 
     _wgrad_kernel[grid](
         xf, xs, dzf, dzs, ws1 if small_scale is None else small_scale, ws1, ws2, dbw1, dbw2,
         N1, H1, W1, dzf.shape[2], dzf.shape[3], N2, H2, W2, dzs.shape[2], dzs.shape[3],
-        C_in, c_in_s, C_out, c_out_s, R, S, *stride, *padding, *dilation, nch1, nch2,
-        *nhwc_strides(xf), *nhwc_strides(xs), *nhwc_strides(dzf), *nhwc_strides(dzs),
-        FLAT1=flat1, FLAT2=flat2, HAS_BIAS=need_bias, HAS_SCALE=small_scale is not None, UPCAST=UPCAST,
+        C_in, c_in_s, C_out, c_out_s, R, S, *stride, *padding, *dilation, nch1, kch,
+        *nhwc_strides(xf), *nhwc_strides(xs),
+        FLAT=flat, HAS_BIAS=need_bias, HAS_SCALE=small_scale is not None, UPCAST=UPCAST,
         PREC=dot_precision(xf.dtype))
     _reduce(ws1, ws2, dw, nch1, nch2, C_out, c_out_s, R * S, C_in, c_in_s, S, dw.stride())
     if need_bias:
