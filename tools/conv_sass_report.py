@@ -138,8 +138,8 @@ def _tensors(shape, batch, alpha, dtype):
 def record_launch(pass_, shape, batch=256, alpha=2, share=True, dtype=torch.bfloat16, scale=False):
     """Run the pass's launcher on CPU tensors with its Triton kernel replaced by a recorder.
 
-    ``scale``: pass a small_scale to fprop/dgrad (fprop: also a bias and save_pre, as training with a
-    learnable scale does); otherwise neither, the benchmark's default.
+    ``scale``: pass a small_scale to every pass (fprop: also a bias and save_pre, wgrad: also db, as
+    training with a learnable scale and a bias does); otherwise neither, the benchmark's default.
     """
     xf, xs, w, dzf, dzs, stride, pad = _tensors(shape, batch, alpha, dtype)
     dil = (1, 1)
@@ -165,7 +165,7 @@ def record_launch(pass_, shape, batch=256, alpha=2, share=True, dtype=torch.bflo
                 mock.patch.object(conv_wgrad, "_reduce_kernel", _Recorder(None)), \
                 mock.patch.object(conv_wgrad, "_splits", gpu_splits), \
                 mock.patch.object(conv_wgrad, "_sm_count", lambda _index: SMS):
-            conv_wgrad._wgrad_launch(xf, xs, dzf, dzs, None, w.shape[2:], stride, pad, dil, False)
+            conv_wgrad._wgrad_launch(xf, xs, dzf, dzs, small_scale, w.shape[2:], stride, pad, dil, scale)
     (grid, args, kwargs), = rec.calls
     return Launch(rec.autotuner, grid, args, kwargs)
 
@@ -440,7 +440,7 @@ def main(argv=None):
     ap.add_argument("--list", action="store_true", help="print the pruned configs and grids, compile nothing")
     ap.add_argument("--dump", metavar="DIR", help="also write ttgir/ptx/sass/ptxas log per config to DIR")
     ap.add_argument("--scale", action="store_true",
-                    help="fprop/dgrad with a small_scale (fprop: also bias and save_pre), as in training")
+                    help="with a small_scale (fprop: also bias and save_pre; wgrad: also db), as in training")
     ap.add_argument("--check", action="store_true",
                     help="exit status 1 if a config has serialised wgmmas (C7515), spills or K-loop divisions")
     a = ap.parse_args(argv)

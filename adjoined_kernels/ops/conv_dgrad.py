@@ -109,24 +109,15 @@ def _dz_tile(dzrow, i, j, ok, dp, dq, offs_k, C, P, Q, sdh, sdw, sdc):
 
 
 @triton.jit
-def _scaled(x, scale, offs_k, kmask):
-    """dz_small * small_scale along K (channels where ``kmask`` is off get scale 1), back in x's dtype."""
-    sc = tl.load(scale + offs_k, mask=kmask, other=1.0).to(tl.float32)
-    return (x.to(tl.float32) * sc[None, :]).to(x.dtype)
-
-
-@triton.jit
-def _dgrad_loop(acc, dzrow, wcol, i, j, ok, nmask, scale, scaled, r0, s0, dp0, dq0, ns, ntaps, cb_lo, cb_hi,
+def _dgrad_loop(acc, dzrow, wcol, i, j, ok, nmask, r0, s0, dp0, dq0, ns, ntaps, cb_lo, cb_hi,
                 C, P, Q, C_out, rstep, sstep, dp_step, dq_step, sdh, sdw, sdc, sw_o, sw_r, sw_s,
-                HAS_SCALE: tl.constexpr, ONE_TAP: tl.constexpr, BK: tl.constexpr, UPCAST: tl.constexpr,
-                PREC: tl.constexpr):
+                ONE_TAP: tl.constexpr, BK: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr):
     """One branch: acc += dz @ W over the class's ``ntaps`` taps and output-channel blocks [cb_lo, cb_hi).
 
     ``dzrow`` [BM] points at each row's image in dz, ``wcol`` [BN] at each input channel's filters;
     ``C`` bounds dz's channels. Taps run r = r0, r0 + rstep, ... (outer) and s = s0, s0 + sstep, ...
     (``ns`` of them); tap (r, s) reaches output pixel (i + dp, j + dq), dp starting at ``dp0`` and
-    moving by ``-dp_step`` per r step (likewise dq). With HAS_SCALE, dz is scaled by small_scale where
-    the runtime scalar ``scaled`` is set (small problems).
+    moving by ``-dp_step`` per r step (likewise dq).
     """
     cb = cb_lo
     ts = cb_lo * 0
@@ -137,8 +128,6 @@ def _dgrad_loop(acc, dzrow, wcol, i, j, ok, nmask, scale, scaled, r0, s0, dp0, d
     for _ in range(0, ntaps * (cb_hi - cb_lo)):
         offs_k = cb * BK + tl.arange(0, BK)
         x = _dz_tile(dzrow, i, j, ok, dp, dq, offs_k, C, P, Q, sdh, sdw, sdc)
-        if HAS_SCALE:
-            x = _scaled(x, scale, offs_k, (offs_k < C) & scaled)
         wt = tl.load(wcol[None, :] + (r * sw_r + s * sw_s) + offs_k[:, None] * sw_o,
                      mask=(offs_k < C_out)[:, None] & nmask[None, :], other=0.0)
         if UPCAST:
@@ -151,11 +140,10 @@ def _dgrad_loop(acc, dzrow, wcol, i, j, ok, nmask, scale, scaled, r0, s0, dp0, d
 
 
 @triton.jit
-def _dgrad_pair_loop(acc1, acc2, dzrow1, i1, j1, ok1, dzrow2, i2, j2, ok2, wcol, nmask, scale,
+def _dgrad_pair_loop(acc1, acc2, dzrow1, i1, j1, ok1, dzrow2, i2, j2, ok2, wcol, nmask,
                      r0, s0, dp0, dq0, ns, ntaps, ncb, P1, Q1, P2, Q2, C_out, c_out_s, rstep, sstep,
                      dp_step, dq_step, sf_h, sf_w, sf_c, ss_h, ss_w, ss_c, sw_o, sw_r, sw_s,
-                     HAS_SCALE: tl.constexpr, ONE_TAP: tl.constexpr, BK: tl.constexpr, UPCAST: tl.constexpr,
-                     PREC: tl.constexpr):
+                     ONE_TAP: tl.constexpr, BK: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr):
     """Both branches over the first ``ncb`` output-channel blocks with one weight load per step.
 
     dz_small is zero beyond c_out_s, so the weight rows the full branch needs there add nothing to acc2.
@@ -172,8 +160,6 @@ def _dgrad_pair_loop(acc1, acc2, dzrow1, i1, j1, ok1, dzrow2, i2, j2, ok2, wcol,
                      mask=(offs_k < C_out)[:, None] & nmask[None, :], other=0.0)
         x1 = _dz_tile(dzrow1, i1, j1, ok1, dp, dq, offs_k, C_out, P1, Q1, sf_h, sf_w, sf_c)
         x2 = _dz_tile(dzrow2, i2, j2, ok2, dp, dq, offs_k, c_out_s, P2, Q2, ss_h, ss_w, ss_c)
-        if HAS_SCALE:
-            x2 = _scaled(x2, scale, offs_k, offs_k < c_out_s)
         if UPCAST:
             x1 = x1.to(tl.float32)
             x2 = x2.to(tl.float32)
@@ -199,16 +185,15 @@ def _dims(a):
 @triton.autotune(configs=configs(GEMM_SPACE, INTERP_GEMM),
                  prune_configs_by=gemm_prune(_dims, shared_a_tiles),
                  key=["N1", "H1", "W1", "N2", "H2", "W2", "C_in", "c_in_s", "C_out", "c_out_s", "R", "S",
-                      "sh", "sw", "SHARE", "HAS_SCALE", "PREC"])
+                      "sh", "sw", "SHARE", "PREC"])
 @triton.jit
-def _dgrad_kernel(dzf, dzs, w, scale, dxf, dxs,
+def _dgrad_kernel(dzf, dzs, w, dxf, dxs,
                   N1, H1, W1, P1, Q1, N2, H2, W2, P2, Q2, C_in, c_in_s, C_out, c_out_s, R, S,
                   sh, sw, ph, pw, dh, dw, rstep, sstep,
                   sdf_n, sdf_h, sdf_w, sdf_c, sds_n, sds_h, sds_w, sds_c,
                   sxf_n, sxf_h, sxf_w, sxf_c, sxs_n, sxs_h, sxs_w, sxs_c,
                   sw_o, sw_i, sw_r, sw_s,
-                  HAS_SCALE: tl.constexpr, SHARE: tl.constexpr, ONE_TAP: tl.constexpr, UPCAST: tl.constexpr,
-                  PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr):
+                  SHARE: tl.constexpr, ONE_TAP: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr):
     pid = tl.program_id(0)
     ncls = sh * sw
     nm1 = tl.cdiv(N1 * tl.cdiv(H1, sh) * tl.cdiv(W1, sw), BM)
@@ -232,7 +217,6 @@ def _dgrad_kernel(dzf, dzs, w, scale, dxf, dxs,
         tn = t - tm * nn2
         if SHARE:
             tm += nm1
-    small = pid >= ncls * nm1 * nn1
     a = cls // sw
     b = cls - a * sw
     r0, nr = _first_tap(a, ph, dh, sh, rstep, R)
@@ -270,15 +254,15 @@ def _dgrad_kernel(dzf, dzs, w, scale, dxf, dxs,
         ok2, n2, h2, w2, i2, j2 = _class_rows(tm, a, b, N2, H2, W2, sh, sw, BM)
         acc2 = tl.zeros((BM, BN), dtype=tl.float32)
         acc, acc2 = _dgrad_pair_loop(
-            acc, acc2, dzrow, i, j, ok, dzs + n2.to(tl.int64) * sds_n, i2, j2, ok2, wcol, nmask, scale,
+            acc, acc2, dzrow, i, j, ok, dzs + n2.to(tl.int64) * sds_n, i2, j2, ok2, wcol, nmask,
             r0, s0, dp0, dq0, ns, nr * ns, npair, P, Q, P2, Q2, C_dz, c_out_s, rstep, sstep, dp_step, dq_step,
-            sd_h, sd_w, sd_c, sds_h, sds_w, sds_c, sw_o, sw_r, sw_s, HAS_SCALE, ONE_TAP, BK, UPCAST, PREC)
+            sd_h, sd_w, sd_c, sds_h, sds_w, sds_c, sw_o, sw_r, sw_s, ONE_TAP, BK, UPCAST, PREC)
         if paired:  # a store only: no accumulator is defined under this branch
             _dgrad_store(acc2, dxs, ok2, n2, h2, w2, offs_n, c_in_s, sxs_n, sxs_h, sxs_w, sxs_c)
         cb_lo = npair
-    acc = _dgrad_loop(acc, dzrow, wcol, i, j, ok, nmask, scale, small, r0, s0, dp0, dq0, ns, nr * ns, cb_lo, ncb,
+    acc = _dgrad_loop(acc, dzrow, wcol, i, j, ok, nmask, r0, s0, dp0, dq0, ns, nr * ns, cb_lo, ncb,
                       C_dz, P, Q, C_out, rstep, sstep, dp_step, dq_step, sd_h, sd_w, sd_c, sw_o, sw_r, sw_s,
-                      HAS_SCALE, ONE_TAP, BK, UPCAST, PREC)
+                      ONE_TAP, BK, UPCAST, PREC)
     _dgrad_store(acc, dx, ok, n, h, w_, offs_n, C_dx, sx_n, sx_h, sx_w, sx_c)
 
 
@@ -296,6 +280,11 @@ def _num_programs(m1, m2, c_in, c_in_s, classes, share, meta):
 
 def _dgrad_launch(dz_full, dz_small, weight, small_scale, input_hw, c_in_s, stride, padding, dilation, share):
     dzf, dzs, w = channels_last(dz_full), channels_last(dz_small), channels_last(weight)
+    if small_scale is not None:
+        # The scale runs along dgrad's K (output channels), so it cannot be an epilogue; inside the loop it
+        # sat on the MMA operand path, where ptxas serialised the wgmmas (C7515). One elementwise pass over
+        # dz_small instead, rounded to dz's dtype as the reference does.
+        dzs = dzs * small_scale.view(1, -1, 1, 1)
     C_out, C_in, R, S = w.shape
     H1, W1, H2, W2 = input_hw
     alloc = dict(dtype=dzf.dtype, device=dzf.device, memory_format=torch.channels_last)
@@ -312,12 +301,12 @@ def _dgrad_launch(dz_full, dz_small, weight, small_scale, input_hw, c_in_s, stri
         return (_num_programs(m1, m2, C_in, c_in_s, sh * sw, share, meta),)
 
     _dgrad_kernel[grid](
-        dzf, dzs, w, w if small_scale is None else small_scale, dxf, dxs,
+        dzf, dzs, w, dxf, dxs,
         dzf.shape[0], H1, W1, dzf.shape[2], dzf.shape[3], dzs.shape[0], H2, W2, dzs.shape[2], dzs.shape[3],
         C_in, c_in_s, C_out, dzs.shape[1], R, S, sh, sw, *padding, dh, dw,
         sh // math.gcd(sh, dh), sw // math.gcd(sw, dw),
         *nhwc_strides(dzf), *nhwc_strides(dzs), *nhwc_strides(dxf), *nhwc_strides(dxs), *w.stride(),
-        HAS_SCALE=small_scale is not None, SHARE=share, ONE_TAP=R * S == 1, UPCAST=UPCAST,
+        SHARE=share, ONE_TAP=R * S == 1, UPCAST=UPCAST,
         PREC=dot_precision(dzf.dtype))
     return dxf, dxs
 
