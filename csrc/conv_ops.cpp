@@ -84,6 +84,23 @@ bool vec_ok(const at::Tensor& t, int64_t row_elems) {
   return t.numel() == 0 || (row_elems % vec == 0 && aligned16(t.data_ptr()));
 }
 
+// Weight, small_scale and geometry fields of fprop's and dgrad's parameters (after the branches' ncb).
+void set_weight_params(RowGemmParams& p, const at::Tensor& w, const at::Tensor& sc, const ConvArgs& ca,
+                       bool share_weights) {
+  const int64_t C_out = w.size(0), C_in = w.size(1), R = w.size(2), S = w.size(3);
+  p.w = w.data_ptr();
+  p.scale = sc.defined() ? sc.data_ptr() : nullptr;
+  p.C_out = checked_int(C_out, "C_out");
+  p.C_in = checked_int(C_in, "C_in");
+  p.R = checked_int(R, "kh");
+  p.S = checked_int(S, "kw");
+  checked_int(C_out * R * S * C_in, "weight numel");
+  checked_int(R * S * p.br[0].ncb, "K blocks");
+  p.sh = ca.sh; p.sw = ca.sw; p.ph = ca.ph; p.pw = ca.pw; p.dh = ca.dh; p.dw = ca.dw;
+  p.vec_w = vec_ok(w, C_in);
+  p.share = share_weights ? 1 : 0;
+}
+
 }  // namespace
 
 // ------------------------------------------------------------------------------------------- fprop
@@ -154,18 +171,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_fprop_cuda(
     br.ncb = static_cast<int>(cdiv(br.Ka, kConvBK));
     br.vec_a = vec_ok(*xs_[i], ka[i]);
   }
-  p.w = w.data_ptr();
+  set_weight_params(p, w, sc, ca, share_weights);
   p.bias = b.defined() ? b.data_ptr() : nullptr;
-  p.scale = sc.defined() ? sc.data_ptr() : nullptr;
-  p.C_out = checked_int(C_out, "C_out");
-  p.C_in = checked_int(C_in, "C_in");
-  p.R = checked_int(R, "kh");
-  p.S = checked_int(S, "kw");
-  checked_int(C_out * R * S * C_in, "weight numel");
-  checked_int(R * S * p.br[0].ncb, "K blocks");
-  p.sh = ca.sh; p.sw = ca.sw; p.ph = ca.ph; p.pw = ca.pw; p.dh = ca.dh; p.dw = ca.dw;
-  p.vec_w = vec_ok(w, C_in);
-  p.share = share_weights ? 1 : 0;
   set_row_tiles(p, 1, 1);
   launch_conv_fprop(p, dt, ADJ_STREAM(x_full));
   return {zf, zs, us};
@@ -238,18 +245,8 @@ std::tuple<at::Tensor, at::Tensor> conv2d_dgrad_cuda(
     br.vec_a = vec_ok(*a_[i], ka[i]);
     checked_int(a_[i]->numel(), "dz numel");
   }
-  p.w = w.data_ptr();
+  set_weight_params(p, w, sc, ca, share_weights);
   p.bias = nullptr;
-  p.scale = sc.defined() ? sc.data_ptr() : nullptr;
-  p.C_out = checked_int(C_out, "C_out");
-  p.C_in = checked_int(C_in, "C_in");
-  p.R = checked_int(R, "kh");
-  p.S = checked_int(S, "kw");
-  checked_int(C_out * R * S * C_in, "weight numel");
-  checked_int(R * S * p.br[0].ncb, "K blocks");
-  p.sh = ca.sh; p.sw = ca.sw; p.ph = ca.ph; p.pw = ca.pw; p.dh = ca.dh; p.dw = ca.dw;
-  p.vec_w = vec_ok(w, C_in);
-  p.share = share_weights ? 1 : 0;
   set_row_tiles(p, ca.sh, ca.sw);  // one group of tiles per stride phase class
   launch_conv_dgrad(p, dt, ADJ_STREAM(dz_full));
   return {dxf, dxs};

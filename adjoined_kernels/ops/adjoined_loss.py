@@ -65,7 +65,7 @@ import torch.nn.functional as F
 
 from .._backend import resolve_backend, triton_interpreting
 from .._checks import check_same, check_tensor
-from . import _alloc
+from . import _alloc, _saved_grads
 
 try:
     import triton
@@ -705,27 +705,7 @@ def _(logits_full, logits_small, target, lam_tensor, lam, eps, temperature, redu
             logits_small.new_empty(_grad_shape(logits_small, compute_grad)))
 
 
-def _scale(grad: torch.Tensor, grad_output: torch.Tensor) -> torch.Tensor:
-    """The saved gradient times grad_output (0-dim, or [B] for reduction="none"), on the device."""
-    return grad * (grad_output.unsqueeze(-1) if grad_output.dim() == 1 else grad_output)
-
-
-def _fwd_setup_context(ctx, inputs, output):
-    _, gf, gs = output
-    ctx.mark_non_differentiable(gf, gs)
-    ctx.save_for_backward(gf, gs)
-
-
-def _fwd_backward(ctx, grad_loss, _grad_gf, _grad_gs):
-    gf, gs = ctx.saved_tensors
-    need = ctx.needs_input_grad
-    if (need[0] or need[1]) and gf.numel() == 0:
-        raise RuntimeError("adjoined::adjoined_loss_fwd ran with compute_grad=False; it has no gradients to give")
-    return (_scale(gf, grad_loss) if need[0] else None, _scale(gs, grad_loss) if need[1] else None,
-            *([None] * 11))
-
-
-adjoined_loss_fwd.register_autograd(_fwd_backward, setup_context=_fwd_setup_context)
+_saved_grads.register("adjoined::adjoined_loss_fwd", 13)
 
 
 def _check_inplace(lf: torch.Tensor, ls: torch.Tensor) -> None:
@@ -777,7 +757,7 @@ class _InplaceLoss(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss):
         gf, gs = ctx.saved_tensors
-        return _scale(gf, grad_loss), _scale(gs, grad_loss), *([None] * 11)
+        return _saved_grads.scale(gf, grad_loss), _saved_grads.scale(gs, grad_loss), *([None] * 11)
 
 
 def _triton_loss(logits_full, logits_small, target, lam, eps, temperature, reduction, ignore_index,

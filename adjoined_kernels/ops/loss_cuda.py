@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 
+from . import _saved_grads
 from .conv_cuda import load as _load_extension
 
 _RED_CODE = {"none": 0, "sum": 1, "mean": 2}
@@ -35,8 +36,7 @@ def load() -> None:
     _registered = True
     if hasattr(torch.ops.adjoined, "cuda_adjoined_loss_fwd"):
         torch.library.register_fake("adjoined::cuda_adjoined_loss_fwd")(_loss_fake)
-        torch.library.register_autograd("adjoined::cuda_adjoined_loss_fwd", _loss_backward,
-                                        setup_context=_loss_setup_context)
+        _saved_grads.register("adjoined::cuda_adjoined_loss_fwd", 10)
 
 
 def _loss_fake(logits_full, logits_small, target, lam, eps, temperature, reduction, ignore_index, detach_full,
@@ -45,23 +45,6 @@ def _loss_fake(logits_full, logits_small, target, lam, eps, temperature, reducti
     if compute_grad:
         return loss, logits_full.new_empty(logits_full.shape), logits_full.new_empty(logits_small.shape)
     return loss, logits_full.new_empty((0,)), logits_full.new_empty((0,))
-
-
-def _loss_setup_context(ctx, inputs, output):
-    _, gf, gs = output
-    ctx.mark_non_differentiable(gf, gs)
-    ctx.save_for_backward(gf, gs)
-
-
-def _loss_backward(ctx, grad_loss, _grad_gf, _grad_gs):
-    """The saved gradients times grad_output (0-dim, or [B] for reduction="none"), on the device."""
-    gf, gs = ctx.saved_tensors
-    need = ctx.needs_input_grad
-    if (need[0] or need[1]) and gf.numel() == 0:
-        raise RuntimeError("adjoined::cuda_adjoined_loss_fwd was called with compute_grad=False, so it saved no "
-                           "gradients; call it with compute_grad=True to differentiate it")
-    g = grad_loss.unsqueeze(-1) if grad_loss.dim() == 1 else grad_loss
-    return (gf * g if need[0] else None, gs * g if need[1] else None, None, None, None, None, None, None, None, None)
 
 
 def adjoined_loss_cuda(logits_full, logits_small, target, lam, eps=1e-6, temperature=1.0, reduction="mean",
