@@ -84,6 +84,7 @@ SHAPES = {
 }
 
 PASSES = ("fprop", "dgrad", "wgrad")
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -439,6 +440,8 @@ def main(argv=None):
                     help="compile these configs instead of the autotuner's pruned space (repeatable)")
     ap.add_argument("--list", action="store_true", help="print the pruned configs and grids, compile nothing")
     ap.add_argument("--dump", metavar="DIR", help="also write ttgir/ptx/sass/ptxas log per config to DIR")
+    ap.add_argument("--dtype", choices=sorted(DTYPES), default="bf16",
+                    help="operand dtype (fp32 runs TF32 wgmmas, as cuDNN does by default)")
     ap.add_argument("--scale", action="store_true",
                     help="with a small_scale (fprop: also bias and save_pre; wgrad: also db), as in training")
     ap.add_argument("--check", action="store_true",
@@ -447,13 +450,13 @@ def main(argv=None):
     failed = []
     ptxas = subprocess.run([os.path.join(BIN, "ptxas"), "--version"], capture_output=True, text=True)
     print(f"triton {triton.__version__}, target sm_90, {ptxas.stdout.strip().splitlines()[-1]}; shape {a.shape} "
-          f"{SHAPES[a.shape]} N={a.batch} alpha={a.alpha} bf16 channels_last")
+          f"{SHAPES[a.shape]} N={a.batch} alpha={a.alpha} {a.dtype} channels_last")
     print(HEADER)
     print(LOOP_HEADER)
     for pass_ in a.passes or PASSES:
         shares = {"on": [True], "off": [False], "both": [True, False]}[a.share] if pass_ != "wgrad" else [False]
         for share in shares:
-            launch = record_launch(pass_, SHAPES[a.shape], a.batch, a.alpha, share, scale=a.scale)
+            launch = record_launch(pass_, SHAPES[a.shape], a.batch, a.alpha, share, DTYPES[a.dtype], a.scale)
             cfgs = [_parse_config(c) for c in a.config] if a.config else launch.pruned_configs()
             for cfg in cfgs:
                 if a.list:
