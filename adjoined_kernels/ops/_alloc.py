@@ -10,8 +10,12 @@ import os
 import torch
 
 
+# Read once at import (as the test suite and the sanitizer script set it): on every launch it cost a few µs.
+_POISON = os.environ.get("ADJOINED_POISON_OUTPUTS", "0") == "1"
+
+
 def poisoning() -> bool:
-    return os.environ.get("ADJOINED_POISON_OUTPUTS", "0") == "1"
+    return _POISON
 
 
 def empty(shape, *, dtype, device, memory_format=torch.contiguous_format) -> torch.Tensor:

@@ -612,7 +612,7 @@ def _plan(C: int, element_size: int, max_block: int):
     """
     half = 2 if element_size == 4 else 1
     vec = 16 // element_size
-    block = triton.next_power_of_2(C)
+    block = _next_pow2(C)
     if block <= max_block // half:
         v = max(2, min(vec, block // (4 * 32 * ROW_MIN_WARPS)))
         block = max(block, 4 * v)
@@ -621,6 +621,12 @@ def _plan(C: int, element_size: int, max_block: int):
     chunk = 1 << (chunk.bit_length() - 1)  # a power of 2, whatever max_block is
     v = min(vec, chunk)
     return _loss_chunked_kernel, chunk // v, v, CHUNK_WARPS
+
+
+def _next_pow2(n: int) -> int:
+    """Smallest power of 2 >= n (1 for n <= 1). ``triton.next_power_of_2`` is a constexpr_function:
+    microseconds per call on the launch path."""
+    return 1 if n <= 1 else 1 << (n - 1).bit_length()
 
 
 def _device_ctx(t: torch.Tensor):
@@ -641,7 +647,7 @@ def _launch(lf, ls, target, lam_t, lam, eps, temperature, reduction, ignore_inde
         n_valid = (target != ignore_index).sum(dtype=torch.int32)
     interpreting = triton_interpreting()
     rtne = interpreting and lf.dtype == torch.bfloat16
-    meta = dict(BLOCK_B=min(triton.next_power_of_2(B), 1024), REDUCTION=red, LAM_PTR=lam_t is not None,
+    meta = dict(BLOCK_B=min(_next_pow2(B), 1024), REDUCTION=red, LAM_PTR=lam_t is not None,
                 COUNT_INLINE=count_inline, EPS_POS=eps > 0, T_ONE=temperature == 1.0, DETACH=detach_full,
                 GRAD=compute_grad, MANUAL_RTNE=rtne, FAST=not interpreting)
     # eps is only ever added to a probability before rcp/lg2.approx.ftz: keep it a normal fp32 number
@@ -655,7 +661,7 @@ def _launch(lf, ls, target, lam_t, lam, eps, temperature, reduction, ignore_inde
     with _device_ctx(lf):
         kernel[(B,)](*args, R=r, V=v, num_warps=warps, maxnreg=MAXNREG, **meta)
         if red != 0:
-            _sum_rows_kernel[(1,)](rows, loss, B, BLOCK_R=min(triton.next_power_of_2(B), 1024),
+            _sum_rows_kernel[(1,)](rows, loss, B, BLOCK_R=min(_next_pow2(B), 1024),
                                    MANUAL_RTNE=rtne, num_warps=4)
 
 

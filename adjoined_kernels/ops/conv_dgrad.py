@@ -26,8 +26,8 @@ import triton
 import triton.language as tl
 
 from . import _alloc
-from ._conv_common import (GEMM_SPACE, INTERP_GEMM, UPCAST, channels_last, configs, dense, dot_precision, gemm_prune,
-                           nhwc_strides, on_device, pick4, shared_a_tiles, swizzle)
+from ._conv_common import (GEMM_SPACE, INTERP_GEMM, UPCAST, cdiv, channels_last, configs, dense, dot_precision,
+                           gemm_prune, nhwc_strides, on_device, pick4, shared_a_tiles, swizzle)
 
 # ----------------------------------------------------------------------------------------------------
 # Kernel
@@ -269,9 +269,9 @@ def _dgrad_kernel(dzf, dzs, w, dxf, dxs,
 def _num_programs(m1, m2, c_in, c_in_s, classes, share, meta):
     """Grid size: every full tile of every class, plus the small tiles no full tile owns."""
     bm, bn = meta["BM"], meta["BN"]
-    nm1, nm2 = triton.cdiv(m1, bm), triton.cdiv(m2, bm)
+    nm1, nm2 = cdiv(m1, bm), cdiv(m2, bm)
     small_m = max(nm2 - nm1, 0) if share else nm2
-    return classes * (nm1 * triton.cdiv(c_in, bn) + small_m * triton.cdiv(c_in_s, bn))
+    return classes * (nm1 * cdiv(c_in, bn) + small_m * cdiv(c_in_s, bn))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -292,8 +292,8 @@ def _dgrad_launch(dz_full, dz_small, weight, small_scale, input_hw, c_in_s, stri
     dxs = _alloc.empty((dzs.shape[0], c_in_s, H2, W2), **alloc)
     (sh, sw), (dh, dw) = stride, dilation
     # Rows per sub-pixel class, each class rounded up to ceil(H/sh) x ceil(W/sw).
-    m1 = dzf.shape[0] * triton.cdiv(H1, sh) * triton.cdiv(W1, sw)
-    m2 = dzs.shape[0] * triton.cdiv(H2, sh) * triton.cdiv(W2, sw)
+    m1 = dzf.shape[0] * cdiv(H1, sh) * cdiv(W1, sw)
+    m2 = dzs.shape[0] * cdiv(H2, sh) * cdiv(W2, sw)
     if m1 + m2 == 0:
         return dxf, dxs
 

@@ -24,9 +24,9 @@ import triton
 import triton.language as tl
 
 from . import _alloc
-from ._conv_common import (GEMM_SPACE, INTERP_GEMM, UPCAST, channels_last, configs, conv_out_size, dense,
-                           dot_precision, gemm_prune, nhwc_strides, on_device, restore_format, shared_a_tiles,
-                           pick4, swizzle)
+from ._conv_common import (GEMM_SPACE, INTERP_GEMM, UPCAST, cdiv, channels_last, configs, conv_out_size,
+                           dense, dot_precision, gemm_prune, nhwc_strides, on_device, restore_format,
+                           shared_a_tiles, pick4, swizzle)
 from .conv_dgrad import conv2d_dgrad, dgrad_impl
 from .conv_wgrad import conv2d_wgrad, wgrad_impl
 
@@ -235,9 +235,9 @@ def _fprop_kernel(xf, xs, w, bias, scale, zf, zs, us,
 def _num_programs(m1, m2, c_out, c_out_s, share, meta):
     """Grid size: every full tile, plus the small tiles that no full tile owns."""
     bm, bn = meta["BM"], meta["BN"]
-    nm1, nm2 = triton.cdiv(m1, bm), triton.cdiv(m2, bm)
+    nm1, nm2 = cdiv(m1, bm), cdiv(m2, bm)
     small_m = max(nm2 - nm1, 0) if share else nm2
-    return nm1 * triton.cdiv(c_out, bn) + small_m * triton.cdiv(c_out_s, bn)
+    return nm1 * cdiv(c_out, bn) + small_m * cdiv(c_out_s, bn)
 
 
 # ----------------------------------------------------------------------------------------------------

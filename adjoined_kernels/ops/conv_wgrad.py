@@ -24,8 +24,9 @@ import triton
 import triton.language as tl
 
 from . import _alloc
-from ._conv_common import (GEMM_SPACE, INTERP_GEMM, INTERPRET, UPCAST, channels_last, configs, conv_out_size, dense,
-                           dot_precision, gemm_prune, nhwc_strides, on_device, pick4, swizzle)
+from ._conv_common import (GEMM_SPACE, INTERP_GEMM, INTERPRET, UPCAST, cdiv, channels_last, configs,
+                           conv_out_size, dense, dot_precision, gemm_prune, nhwc_strides, on_device, pick4,
+                           swizzle)
 
 # ----------------------------------------------------------------------------------------------------
 # Kernels
@@ -222,7 +223,7 @@ FLAT_BELOW = 32
 
 
 def _n_tiles_host(taps, c, flat, bn):
-    return triton.cdiv(taps * c, bn) if flat else taps * triton.cdiv(c, bn)
+    return cdiv(taps * c, bn) if flat else taps * cdiv(c, bn)
 
 
 @functools.lru_cache(maxsize=None)
@@ -242,16 +243,16 @@ def _splits(k1, k2, tiles1, tiles2, device):
     not per element) the longer branch gets two chunks, so tiny test shapes still exercise split-K.
     """
     if device.type != "cuda" or INTERPRET:
-        kch = triton.cdiv(max(k1, k2), 2)
+        kch = cdiv(max(k1, k2), 2)
     else:
         index = device.index if device.index is not None else torch.cuda.current_device()
-        kch = max(256, triton.cdiv(tiles1 * k1 + tiles2 * k2, 2 * _sm_count(index)))
-    kch = max(CHUNK_ALIGN, triton.cdiv(kch, CHUNK_ALIGN) * CHUNK_ALIGN)
-    return kch, triton.cdiv(k1, kch), triton.cdiv(k2, kch)
+        kch = max(256, cdiv(tiles1 * k1 + tiles2 * k2, 2 * _sm_count(index)))
+    kch = max(CHUNK_ALIGN, cdiv(kch, CHUNK_ALIGN) * CHUNK_ALIGN)
+    return kch, cdiv(k1, kch), cdiv(k2, kch)
 
 
 def _reduce(ws1, ws2, out, nch1, nch2, co, co_s, taps, c, c_s, s, strides):
-    grid = (triton.cdiv(co * taps * c, REDUCE_BLOCK),)
+    grid = (cdiv(co * taps * c, REDUCE_BLOCK),)
     _reduce_kernel[grid](ws1, ws2, out, nch1, nch2, co, co_s, taps, c, c_s, s, *strides, BLOCK=REDUCE_BLOCK)
 
 
@@ -266,8 +267,8 @@ def _wgrad_launch(x_full, x_small, dz_full, dz_small, small_scale, kernel_size, 
     db = _alloc.empty((C_out,) if need_bias else (0,), dtype=xf.dtype, device=dev)
     nominal = 32 if INTERPRET else 128  # tile edge used only to size the split
     k1, k2 = N1 * dzf.shape[2] * dzf.shape[3], N2 * dzs.shape[2] * dzs.shape[3]
-    kch, nch1, nch2 = _splits(k1, k2, triton.cdiv(C_out, nominal) * triton.cdiv(R * S * C_in, nominal),
-                         triton.cdiv(c_out_s, nominal) * triton.cdiv(R * S * c_in_s, nominal), dev)
+    kch, nch1, nch2 = _splits(k1, k2, cdiv(C_out, nominal) * cdiv(R * S * C_in, nominal),
+                         cdiv(c_out_s, nominal) * cdiv(R * S * c_in_s, nominal), dev)
     ws1 = _alloc.empty((nch1, C_out, R * S * C_in), dtype=f32, device=dev)
     ws2 = _alloc.empty((nch2, c_out_s, R * S * c_in_s), dtype=f32, device=dev)
     dbw1 = _alloc.empty((nch1, C_out) if need_bias else (1,), dtype=f32, device=dev)
@@ -277,8 +278,8 @@ def _wgrad_launch(x_full, x_small, dz_full, dz_small, small_scale, kernel_size, 
 
     def grid(meta):
         bm, bn = meta["BM"], meta["BN"]
-        t1 = triton.cdiv(C_out, bm) * _n_tiles_host(R * S, C_in, flat, bn)
-        t2 = triton.cdiv(c_out_s, bm) * _n_tiles_host(R * S, c_in_s, flat, bn)
+        t1 = cdiv(C_out, bm) * _n_tiles_host(R * S, C_in, flat, bn)
+        t2 = cdiv(c_out_s, bm) * _n_tiles_host(R * S, c_in_s, flat, bn)
         return (nch1 * t1 + nch2 * t2,)
 
     _wgrad_kernel[grid](
