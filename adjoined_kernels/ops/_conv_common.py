@@ -143,6 +143,7 @@ def shared_a_tiles(kwargs):
 
 # (BM, BN, BK, warps, stages) for H100/H200 implicit GEMMs with fp32 accumulation.
 GEMM_SPACE = (
+    (256, 128, 64, 8, 3),
     (128, 128, 64, 8, 3),
     (128, 64, 64, 4, 4),
     (64, 128, 64, 4, 4),
@@ -152,8 +153,10 @@ GEMM_SPACE = (
 
 # Configs that spill registers in the paired loop of fprop/dgrad (two fp32 accumulators): on sm_90, bf16,
 # triton 3.6 and 3.8, tools/conv_sass_report.py finds 128x64x64 with 4 warps at 255 registers plus 56-160
-# bytes of spills (ResNet-50 layer-3 shapes); every other GEMM_SPACE config fits without spilling.
-SHARED_SPILLS = ((128, 64, 64, 4, 4),)
+# bytes of spills, and 256x128x64 with 1.4-1.7 KB (ResNet-50 layer-3 shapes); every other GEMM_SPACE config
+# fits without spilling. Without sharing, 256x128x64 has no spills and, in wgrad, the fewest instructions
+# per MMA (its B-tile address work is shared by twice the rows).
+SHARED_SPILLS = ((128, 64, 64, 4, 4), (256, 128, 64, 8, 3))
 
 # The interpreter's cost is per operation, not per element: few, large tiles keep it fast.
 INTERP_GEMM = dict(BM=32, BN=32, BK=32, GROUP_M=2)
