@@ -10,7 +10,9 @@ bwd (dgrad + wgrad over a saved forward), full (all three). Providers:
   triton          adjoined_conv2d(backend="triton");  triton_noshare: weight-tile sharing off
   cuda            adjoined_conv2d(backend="cuda"), when the extension is built
 Every provider is checked against an fp32 reference first (bf16 error <= 2x cuDNN's own + 1e-3); one failing to
-run is recorded as a row with its error. Work runs in priority order (ResNet-50 full alpha 2/4 first, then
+run is recorded as a row with its error. The providers of one problem and mode share one timing method: CUDA-graph
+replay when the fastest one's GPU time is under ~50 us (host launch overhead excluded for all), else do_bench;
+bwd always do_bench. Work runs in priority order (ResNet-50 full alpha 2/4 first, then
 fwd/bwd, alpha 8/16, CIFAR, triton_noshare, compile_max) until --budget-s is spent; rows are appended as measured.
 TFLOP/s count the adjoined FLOPs (full + compact small branch) for every provider, the authors' form included.
 
@@ -31,7 +33,7 @@ import torch.nn.functional as F
 import adjoined_kernels as ak
 from adjoined_kernels.ops.conv_fprop import adjoined_conv2d_triton
 from common import (NAN, Budget, CsvWriter, Timing, error_text, now, peak_rates, raise_recompile_limits, ratio,
-                    read_rows, rel_err, run_meta, run_plan, time_fn, within_tolerance)
+                    read_rows, rel_err, run_meta, run_plan, shared_timing, time_fn, within_tolerance)
 
 SUITES = {"resnet50": (ak.models.adjoined_resnet50, {"num_classes": 1000, "stem": "imagenet"}, 224),
           "cifar18": (ak.models.adjoined_resnet18, {"num_classes": 10, "stem": "cifar"}, 32)}
@@ -360,13 +362,19 @@ class ConvBench:
                 fails[name], errs[name] = error_text(e), NAN
         del ref
         cudnn_err = errs.get("cudnn2", NAN)
+        good = {p for p in provs if p not in fails and
+                within_tolerance(errs[p], cudnn_err if math.isfinite(cudnn_err) else 0.0)}
+        methods = {}  # one timing method per mode for all its providers (bwd: no graphs, see runner)
+        for mode in dict.fromkeys(m for m, _ in items):
+            fns = [runner(provs[p], mode) for m, p in items if m == mode and p in good] if mode != "bwd" else []
+            methods[mode] = shared_timing(fns, graph_ok=mode != "bwd")
         line = {}
         for mode, prov in items:
-            ok = prov not in fails and within_tolerance(errs[prov], cudnn_err if math.isfinite(cudnn_err) else 0.0)
+            ok = prov in good
             t, error = None, fails.get(prov, "" if ok else "wrong result: not timed")
             if ok:
                 try:
-                    t = time_fn(runner(provs[prov], mode), graph_ok=mode != "bwd")
+                    t = time_fn(runner(provs[prov], mode), graph_ok=mode != "bwd", method=methods[mode])
                 except Exception as e:
                     error = error_text(e)
                     torch.cuda.empty_cache()

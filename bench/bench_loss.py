@@ -4,8 +4,9 @@ Sizes: B in {256, 4096} x C in {10, 100, 1000, 32000, 128000}, bf16 logits, lam 
   eager    adjoined_loss_ref (PyTorch ops)        compile  torch.compile(adjoined_loss_ref), static shapes
   liger    Liger-Kernel's CE + KL (eps = 0 form), recorded as skipped when liger_kernel does not import
   triton   adjoined_loss(backend="triton")        cuda     adjoined_loss(backend="cuda"), when built
-Every provider is checked against the fp32 reference first (bf16 error <= 2x eager's own + 1e-3). Launch-bound
-sizes (under ~50 us) are timed by CUDA-graph replay. GB/s counts the minimal traffic: read both logits, write
+Every provider is checked against the fp32 reference first (bf16 error <= 2x eager's own + 1e-3). The providers of
+one size and mode share one timing method: CUDA-graph replay when the fastest one's GPU time is under ~50 us,
+else do_bench. GB/s counts the minimal traffic: read both logits, write
 both gradients. Modes: "full" is the loss and both gradients as a training step gets them (forward +
 autograd.grad); "kernel" (fused providers only) is their forward alone, which already computes both gradients
 in one kernel, so it is the figure for the bandwidth target (its speedups compare with the baselines' full
@@ -17,13 +18,14 @@ from __future__ import annotations
 
 import argparse
 import functools
+import math
 import sys
 
 import torch
 
 import adjoined_kernels as ak
 from common import (NAN, Budget, CsvWriter, error_text, now, peak_rates, raise_recompile_limits, ratio, rel_err,
-                    run_meta, run_plan, time_fn, within_tolerance)
+                    run_meta, run_plan, shared_timing, time_fn, within_tolerance)
 
 PROVIDERS = ("eager", "compile", "liger", "triton", "cuda")
 FUSED = ("triton", "cuda")  # one kernel computes the loss and both gradients in the forward
@@ -106,35 +108,56 @@ class LossBench:
         ls = torch.randn(b, c, **g).mul_(3).requires_grad_()
         target = torch.randint(0, c, (b,), device=self.device)
         lam = torch.tensor(0.7, device=self.device)
-        refs = {}
+        fns, errs, errors = self.check(provs, lf, ls, target, lam)
+        good = [p for p in provs if not errors[p]]
+
+        def full(p):
+            return lambda: step(fns[p], lf, ls, target, lam)
+
+        def kernel(p):
+            return lambda: fns[p](lf, ls, target, lam)
+        # one timing method per mode for every provider compared in it
+        method = shared_timing([full(p) for p in good])
+        method_k = shared_timing([kernel(p) for p in good if p in FUSED])
         base, line = {}, []
         for prov in provs:
-            t, err, ok = None, NAN, False
+            t, error = None, errors[prov]
+            if not error:
+                try:
+                    t = time_fn(full(prov), method=method)
+                except Exception as e:
+                    error = error_text(e)
+                    torch.cuda.empty_cache()
+            base[prov] = t.p50 if t else NAN
+            self.csv.write(self.row(b, c, prov, t, errs[prov], not error, error, base))
+            line.append(f"{prov}={t.p50:.4f}ms" if t else f"{prov}=({error[:40]})")
+            if t and prov in FUSED:
+                tk = time_fn(kernel(prov), method=method_k)
+                self.csv.write(self.row(b, c, prov, tk, errs[prov], True, "", base, mode="kernel"))
+                line.append(f"{prov}_kernel={tk.p50:.4f}ms")
+        print(f"B={b:5d} C={c:6d} " + " ".join(line), flush=True)
+
+    def check(self, provs, lf, ls, target, lam):
+        """Each provider's loss function, max relative error against the fp32 reference, and why it is not
+        timed ("" when it is: bf16 error <= 2x eager's own + 1e-3; eager comes first)."""
+        fns, errs, errors, refs = {}, {}, {}, {}
+        for prov in provs:
+            errs[prov], errors[prov] = NAN, ""
             try:
-                fn, eps = provider_fn(prov)
+                fns[prov], eps = provider_fn(prov)
                 if eps not in refs:
                     a, s = (x.detach().float().requires_grad_() for x in (lf, ls))
                     refs[eps] = step(ak.adjoined_loss_ref, a, s, target, lam, eps)
-                err = max(rel_err(x, r) for x, r in zip(step(fn, lf, ls, target, lam), refs[eps]))
-                if prov == "eager":
-                    base["eager_err"] = err
-                ok = within_tolerance(err, base.get("eager_err", 0.0))
-                error = "" if ok else "wrong result: not timed"
-                if ok:
-                    t = time_fn(lambda: step(fn, lf, ls, target, lam))
+                errs[prov] = max(rel_err(x, r) for x, r in zip(step(fns[prov], lf, ls, target, lam), refs[eps]))
+                base_err = errs[prov] if prov == "eager" else errs.get("eager", NAN)
+                if not within_tolerance(errs[prov], base_err if math.isfinite(base_err) else 0.0):
+                    errors[prov] = "wrong result: not timed"
             except ImportError as e:
-                error = f"skipped: {error_text(e)}"
+                errors[prov] = f"skipped: {error_text(e)}"
             except Exception as e:
-                error = error_text(e)
+                errors[prov] = error_text(e)
                 torch.cuda.empty_cache()
-            base[prov] = t.p50 if t else NAN
-            self.csv.write(self.row(b, c, prov, t, err, ok, error, base))
-            line.append(f"{prov}={t.p50:.4f}ms" if t else f"{prov}=({error[:40]})")
-            if ok and prov in FUSED:
-                tk = time_fn(lambda: fn(lf, ls, target, lam))
-                self.csv.write(self.row(b, c, prov, tk, err, ok, "", base, mode="kernel"))
-                line.append(f"{prov}_kernel={tk.p50:.4f}ms")
-        print(f"B={b:5d} C={c:6d} " + " ".join(line), flush=True)
+        return fns, errs, errors
 
 
 def parse_args(argv=None):

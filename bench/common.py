@@ -1,7 +1,7 @@
 """Shared GPU benchmark plumbing (KERNEL-NOTES "Benchmark protocol"): timing, time budget, run metadata, CSV rows.
 
 The pure parts (choose_timing, Budget, run_plan, CsvWriter, read_rows) run anywhere and are tested on CPU in
-tests/test_bench_harness.py; time_fn and peak_rates need a CUDA GPU.
+tests/test_bench_harness.py; time_fn, shared_timing and peak_rates need a CUDA GPU.
 """
 from __future__ import annotations
 
@@ -50,6 +50,46 @@ def estimate_ms(fn, iters: int = 5) -> float:
     return start.elapsed_time(end) / iters
 
 
+def graph_ms(fn, replays: int = 5) -> float:
+    """Mean GPU ms of ``fn`` replayed from a CUDA graph: no host launch overhead in it. Raises when ``fn``
+    cannot be captured (a host sync, an allocation the capture refuses)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()  # lazy initialisation and autotuning happen outside the capture
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    graph.replay()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(replays):
+        graph.replay()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / replays
+
+
+def shared_timing(fns, graph_ok: bool = True) -> str:
+    """One timing method for providers compared side by side, so that their figures compare: "cudagraph"
+    when graphs are allowed and the fastest provider's GPU time is under GRAPH_BELOW_MS, else "do_bench".
+
+    The GPU time comes from a graph replay: eager back-to-back calls would count host launch overhead and
+    push a launch-bound kernel over the threshold. A provider that cannot be captured is estimated eagerly.
+    """
+    if not graph_ok or not fns:
+        return "do_bench"
+    est = []
+    for fn in fns:
+        try:
+            est.append(graph_ms(fn))
+        except Exception:
+            torch.cuda.synchronize()
+            est.append(estimate_ms(fn))
+    return choose_timing(min(est), graph_ok)
+
+
 def peak_mem_mb(fn) -> float:
     """Peak allocated MiB during one call of ``fn``, inputs and saved tensors included."""
     torch.cuda.synchronize()
@@ -59,16 +99,19 @@ def peak_mem_mb(fn) -> float:
     return torch.cuda.max_memory_allocated() / 2 ** 20
 
 
-def time_fn(fn, graph_ok: bool = True) -> Timing:
+def time_fn(fn, graph_ok: bool = True, method: str | None = None) -> Timing:
     """Warm ``fn`` up (compile, autotune, cudnn.benchmark), then time it: (p20, p50, p80) ms and the method.
 
-    ``graph_ok=False`` for callables whose work depends on state recorded outside the call (a backward over
-    a saved forward): a graph captured on another stream could not replay it.
+    ``method``: "cudagraph" or "do_bench", as :func:`shared_timing` picked it for every provider of the
+    comparison; None picks it from this callable alone. ``graph_ok=False`` for callables whose work depends
+    on state recorded outside the call (a backward over a saved forward): a graph captured on another
+    stream could not replay it.
     """
     fn()
     torch.cuda.synchronize()
     mem = peak_mem_mb(fn)
-    method = choose_timing(estimate_ms(fn), graph_ok)
+    if method is None or not graph_ok:
+        method = shared_timing([fn], graph_ok)
     if method == "cudagraph":
         try:
             p50, p20, p80 = triton.testing.do_bench_cudagraph(fn, rep=100, quantiles=QUANTILES)

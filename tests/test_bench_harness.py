@@ -200,16 +200,47 @@ def test_conv_rows_resume_and_speedups(tmp_path):
 
 
 def _fake_time_fn(calls):
-    def time_fn(fn, graph_ok=True):
+    def time_fn(fn, graph_ok=True, method=None):
         fn()
-        calls.append(graph_ok)
-        return common.Timing(0.9, 1.0, 1.1, "do_bench", 1.0)
+        calls.append((graph_ok, method))
+        return common.Timing(0.9, 1.0, 1.1, method or "do_bench", 1.0)
     return time_fn
 
 
+def _fake_shared_timing(picks):
+    """Records how many providers each shared pick saw; "cudagraph" whenever graphs are allowed."""
+    def shared_timing(fns, graph_ok=True):
+        for fn in fns:
+            fn()
+        picks.append((len(fns), graph_ok))
+        return "cudagraph" if graph_ok and fns else "do_bench"
+    return shared_timing
+
+
+def test_shared_timing_uses_the_fastest_providers_gpu_time(monkeypatch):
+    """One method for every provider of a comparison, from graph-replay GPU time (host launch overhead would
+    push a launch-bound kernel over the threshold); eager time for a provider that cannot be captured."""
+    gpu = {"a": 0.2, "b": 0.03}
+
+    def graph_ms(fn):
+        if fn() not in gpu:
+            raise RuntimeError("capture refused")
+        return gpu[fn()]
+    monkeypatch.setattr(common, "graph_ms", graph_ms)
+    monkeypatch.setattr(common, "estimate_ms", lambda fn: 0.5)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)  # after a refused capture, on a GPU
+    assert common.shared_timing([lambda: "a", lambda: "b"]) == "cudagraph"
+    assert common.shared_timing([lambda: "a", lambda: "c"]) == "do_bench"
+    assert common.shared_timing([lambda: "b"], graph_ok=False) == "do_bench"
+    assert common.shared_timing([]) == "do_bench"
+    monkeypatch.setattr(common, "estimate_ms", lambda fn: 0.01)
+    assert common.shared_timing([lambda: "c"]) == "cudagraph"
+
+
 def test_conv_job_checks_providers_and_records_failures(tmp_path, monkeypatch):
-    calls = []
+    calls, picks = [], []
     monkeypatch.setattr(bench_conv, "time_fn", _fake_time_fn(calls))
+    monkeypatch.setattr(bench_conv, "shared_timing", _fake_shared_timing(picks))
     bench = bench_conv.ConvBench(str(tmp_path / "conv.csv"), PEAKS, META, device="cpu")
     s = bench_conv.ConvShape("resnet50", "tiny", cin=16, cout=8, cin_s=4, cout_s=2, k=3, stride=2, pad=1, hw=6)
     job = bench_conv.Job(0, "t", s, 2, 4, tuple((m, p) for m in ("full", "bwd") for p in ("authors", "cuda")))
@@ -223,7 +254,10 @@ def test_conv_job_checks_providers_and_records_failures(tmp_path, monkeypatch):
     assert ok["authors"]["correct"] == "True" and float(ok["authors"]["max_rel_err"]) < 1e-2  # bf16
     assert ok["cuda"]["correct"] == "False" and ok["cuda"]["error"].startswith("RuntimeError")
     assert ok["authors"]["speedup_vs_cudnn"] == "1.0"
-    assert calls == [True, False, True, False]  # no CUDA graph for a backward over a saved forward
+    # no CUDA graph for a backward over a saved forward; one method per mode, picked over its correct providers
+    assert picks == [(2, True), (0, False)]
+    assert calls == [(True, "cudagraph"), (False, "do_bench"), (True, "cudagraph"), (False, "do_bench")]
+    assert [r["timing"] for r in rows if r["provider"] == "authors"] == ["cudagraph", "do_bench"]
 
 
 def test_loss_rows(tmp_path):
@@ -238,7 +272,9 @@ def test_loss_rows(tmp_path):
 
 
 def test_loss_job_records_skipped_and_failed_providers(tmp_path, monkeypatch):
-    monkeypatch.setattr(bench_loss, "time_fn", _fake_time_fn([]))
+    calls, picks = [], []
+    monkeypatch.setattr(bench_loss, "time_fn", _fake_time_fn(calls))
+    monkeypatch.setattr(bench_loss, "shared_timing", _fake_shared_timing(picks))
     monkeypatch.setitem(sys.modules, "liger_kernel", None)  # import fails like a missing package
     bench = bench_loss.LossBench(str(tmp_path / "loss.csv"), "fp32", PEAKS, META, device="cpu")
     bench.run((8, 10, ("eager", "liger", "cuda", "triton")))
@@ -248,6 +284,8 @@ def test_loss_job_records_skipped_and_failed_providers(tmp_path, monkeypatch):
     assert rows["eager"]["correct"] == "True" and rows["eager"]["speedup_vs_eager"] == "1.0"
     assert rows["liger"]["error"].startswith("skipped: ") and rows["liger"]["ms_p50"] == "nan"
     assert rows["cuda"]["error"].startswith("RuntimeError")
+    assert picks == [(2, True), (1, True)]  # full: eager and triton; kernel: triton
+    assert calls == [(True, "cudagraph")] * 3
 
 
 def _write(path, fields, rows):
