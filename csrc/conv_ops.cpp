@@ -4,6 +4,7 @@
 #include <utility>
 #include <vector>
 
+#include <ATen/ops/mul.h>
 
 #include "host_common.h"
 #include "ops.h"
@@ -218,7 +219,11 @@ std::tuple<at::Tensor, at::Tensor> conv2d_dgrad_cuda(
   }
 
   ADJ_DEVICE_GUARD(dz_full);
-  const at::Tensor dzf = dz_full.contiguous(kCL), dzs = dz_small.contiguous(kCL), w = weight.contiguous(kCL);
+  const at::Tensor dzf = dz_full.contiguous(kCL), w = weight.contiguous(kCL);
+  // small_scale runs along dgrad's K (output channels): scale dz_small once, in its dtype as the reference does,
+  // so the kernels copy A tiles straight to shared memory.
+  const at::Tensor dzs = sc.defined() ? at::mul(dz_small, sc.view({1, -1, 1, 1})).contiguous(kCL)
+                                      : dz_small.contiguous(kCL);
   const auto opts = dzf.options();
   at::Tensor dxf = new_output({N1, C_in, H[0], W[0]}, opts, kCL);
   at::Tensor dxs = new_output({N2, c_in_s, H[1], W[1]}, opts, kCL);
@@ -245,7 +250,7 @@ std::tuple<at::Tensor, at::Tensor> conv2d_dgrad_cuda(
     br.vec_a = vec_ok(*a_[i], ka[i]);
     checked_int(a_[i]->numel(), "dz numel");
   }
-  set_weight_params(p, w, sc, ca, share_weights);
+  set_weight_params(p, w, at::Tensor(), ca, share_weights);
   p.bias = nullptr;
   set_row_tiles(p, ca.sh, ca.sw);  // one group of tiles per stride phase class
   launch_conv_dgrad(p, dt, ADJ_STREAM(dz_full));

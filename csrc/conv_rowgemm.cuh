@@ -1,5 +1,7 @@
 // The fprop / dgrad kernel: a grouped implicit GEMM over NHWC rows (output pixels), both branches in
-// one launch. Included by conv_fprop.cu (DGRAD = false) and conv_dgrad.cu (DGRAD = true) only.
+// one launch. Included by conv_fprop.cu (DGRAD = false) and conv_dgrad.cu (DGRAD = true) only. This is
+// the general kernel (any channel count and alignment, fp32 by FMA); 16-bit problems with 16-byte rows
+// take the pipelined tensor-core kernel of conv_rowgemm_tc.cuh, which shares the tile logic below.
 //
 // Rows are grouped into phase classes (qh, qw) of the output pixels, h = qh + sh*i, w = qw + sw*j, for
 // dgrad (one class, the identity, for fprop). Within a class, a filter row r either reaches a dz row for
@@ -87,11 +89,81 @@ struct TapAxis {
   }
 };
 
+struct TileSel {
+  int tm = 0, tn = 0, mode = -1, qh = 0, qw = 0;  // mode: kFull, kPair or kSmall; -1: no tile
+};
+
+// Block bid -> its tile(s): the full tiles class by class, paired with the small tile of the same index
+// when sharing finds it, then the small tiles nobody paired. Matches row_tiles in conv_ops.cpp.
+template <bool DGRAD>
+__device__ __forceinline__ TileSel select_tile(const RowGemmParams& p, int bid) {
+  const int psh = DGRAD ? p.sh : 1, psw = DGRAD ? p.sw : 1;
+  const RowBranch& bf = p.br[0];
+  const RowBranch& bs = p.br[1];
+  TileSel t;
+  int rem = bid;
+  for (int q = 0; q < p.nqh * p.nqw && t.mode < 0; ++q) {  // full tiles, paired where possible
+    t.qh = q / p.nqw;
+    t.qw = q - t.qh * p.nqw;
+    const PhaseDims df(bf, t.qh, t.qw, psh, psw), ds(bs, t.qh, t.qw, psh, psw);
+    const int cnt = df.nm * bf.nn;
+    if (rem < cnt) {
+      swizzle(rem, df.nm, bf.nn, p.group_m, t.tm, t.tn);
+      t.mode = (p.share && t.tm < ds.nm && t.tn < bs.nn) ? kPair : kFull;
+    } else {
+      rem -= cnt;
+    }
+  }
+  for (int q = 0; q < p.nqh * p.nqw && t.mode < 0; ++q) {  // small tiles nobody paired
+    t.qh = q / p.nqw;
+    t.qw = q - t.qh * p.nqw;
+    const PhaseDims df(bf, t.qh, t.qw, psh, psw), ds(bs, t.qh, t.qw, psh, psw);
+    const int first = p.share ? df.nm : 0;
+    const int cnt = (ds.nm > first ? ds.nm - first : 0) * bs.nn;
+    if (rem < cnt) {
+      t.tm = first + rem / bs.nn;
+      t.tn = rem - (rem / bs.nn) * bs.nn;
+      t.mode = kSmall;
+    } else {
+      rem -= cnt;
+    }
+  }
+  return t;
+}
+
+// Epilogue of one accumulator staged in Cs [BM][ldc] fp32: coalesced, bounds-checked stores to the
+// rows' output pixels (pix[i] < 0: no row). fprop adds the bias; a small tile (``small``) also stores the
+// pre-scale value (out_pre) and applies small_scale.
+template <typename T, bool DGRAD>
+__device__ __forceinline__ void write_tile(const RowGemmParams& p, const RowBranch& b, const float* Cs, int ldc,
+                                           const int* pix, int tn, bool small) {
+  const T* bias = static_cast<const T*>(p.bias);
+  const T* scale = static_cast<const T*>(p.scale);
+  T* out = static_cast<T*>(b.out);
+  T* pre = static_cast<T*>(b.out_pre);
+  for (int idx = threadIdx.x; idx < BM * BN; idx += NT) {
+    const int i = idx / BN, j = idx - (idx / BN) * BN;
+    const int px = pix[i], n = tn * BN + j;
+    if (px >= 0 && n < b.n_out) {
+      const int64_t o = static_cast<int64_t>(px) * b.n_out + n;
+      float v = Cs[i * ldc + j];
+      if (!DGRAD) {
+        if (bias != nullptr) v += to_f<T>(bias[n]);
+        if (small) {
+          if (pre != nullptr) pre[o] = from_f<T>(v);
+          if (scale != nullptr) v *= to_f<T>(scale[n]);
+        }
+      }
+      out[o] = from_f<T>(v);
+    }
+  }
+}
+
 // A run: 16 channels [c0, c0 + 16) of the A-source pixel that row `rc` reads at a tap whose offset from
 // the row's base pixel is (oh, ow).
 template <typename T, bool DGRAD>
 __device__ __forceinline__ void load_a(T (&ra)[16], const RowBranch& b, const RowCtx<DGRAD>& rc, int oh, int ow,
-                                       int c0, const T* scale) {
+                                       int c0) {
   int limit = 0;
   const T* ptr = nullptr;
   if (rc.ok) {
@@ -102,7 +174,6 @@ __device__ __forceinline__ void load_a(T (&ra)[16], const RowBranch& b, const Ro
     }
   }
   load_run<T, 16>(ra, ptr, limit, b.vec_a != 0);
-  if (scale != nullptr && limit > 0) scale_run<T, 16>(ra, scale + c0, limit);
 }
 
 template <typename T, bool DGRAD>
@@ -120,43 +191,14 @@ __global__ void __launch_bounds__(NT, sizeof(T) == 2 ? 2 : 1) rowgemm_kernel(con
   float* Cs = reinterpret_cast<float*>(smem);
 
   // ---- which tile(s) this block owns: (phase class, tm, tn) and the mode
+  const TileSel sel = select_tile<DGRAD>(p, static_cast<int>(blockIdx.x));
+  const int tm = sel.tm, tn = sel.tn, mode = sel.mode, qh = sel.qh, qw = sel.qw;
+  if (mode < 0) return;  // never happens with the host's grid; the whole block exits
   const int psh = DGRAD ? p.sh : 1, psw = DGRAD ? p.sw : 1;
   const RowBranch& bf = p.br[0];
   const RowBranch& bs = p.br[1];
-  int rem = static_cast<int>(blockIdx.x);
-  int tm = 0, tn = 0, mode = -1, qh = 0, qw = 0;
-  for (int q = 0; q < p.nqh * p.nqw && mode < 0; ++q) {  // full tiles, paired where possible
-    qh = q / p.nqw;
-    qw = q - qh * p.nqw;
-    const PhaseDims df(bf, qh, qw, psh, psw), ds(bs, qh, qw, psh, psw);
-    const int cnt = df.nm * bf.nn;
-    if (rem < cnt) {
-      swizzle(rem, df.nm, bf.nn, p.group_m, tm, tn);
-      mode = (p.share && tm < ds.nm && tn < bs.nn) ? kPair : kFull;
-    } else {
-      rem -= cnt;
-    }
-  }
-  for (int q = 0; q < p.nqh * p.nqw && mode < 0; ++q) {  // small tiles nobody paired
-    qh = q / p.nqw;
-    qw = q - qh * p.nqw;
-    const PhaseDims df(bf, qh, qw, psh, psw), ds(bs, qh, qw, psh, psw);
-    const int first = p.share ? df.nm : 0;
-    const int cnt = (ds.nm > first ? ds.nm - first : 0) * bs.nn;
-    if (rem < cnt) {
-      tm = first + rem / bs.nn;
-      tn = rem - (rem / bs.nn) * bs.nn;
-      mode = kSmall;
-    } else {
-      rem -= cnt;
-    }
-  }
-  if (mode < 0) return;  // never happens with the host's grid; the whole block exits
   const RowBranch& b0 = mode == kSmall ? bs : bf;  // the branch of accumulator 0
   const RowBranch& b1 = bs;                        // accumulator 1 (paired tiles only)
-  const T* scale = static_cast<const T*>(p.scale);
-  const T* a_scale0 = (DGRAD && mode == kSmall) ? scale : nullptr;
-  const T* a_scale1 = DGRAD ? scale : nullptr;
   const TapAxis tr(DGRAD, qh, p.ph, p.dh, p.sh, p.R), ts(DGRAD, qw, p.pw, p.dw, p.sw, p.S);
 
   // ---- per-thread load assignments
@@ -206,8 +248,8 @@ __global__ void __launch_bounds__(NT, sizeof(T) == 2 ? 2 : 1) rowgemm_kernel(con
       }
       load_run<T, 8>(rb, ptr, limit, p.vec_w != 0);
     }
-    load_a<T, DGRAD>(ra0, b0, rc0, oh, ow, cb * BK + a_k0, a_scale0);
-    if (mode == kPair && cb < ncb_pair) load_a<T, DGRAD>(ra1, b1, rc1, oh, ow, cb * BK + a_k0, a_scale1);
+    load_a<T, DGRAD>(ra0, b0, rc0, oh, ow, cb * BK + a_k0);
+    if (mode == kPair && cb < ncb_pair) load_a<T, DGRAD>(ra1, b1, rc1, oh, ow, cb * BK + a_k0);
   };
   auto commit = [&](int kb) {
     const int cb = kb % ncb_loop;
@@ -236,40 +278,31 @@ __global__ void __launch_bounds__(NT, sizeof(T) == 2 ? 2 : 1) rowgemm_kernel(con
   }
 
   // ---- epilogue: stage each accumulator in shared memory, then coalesced, bounds-checked stores
-  const T* bias = static_cast<const T*>(p.bias);
-  auto write_out = [&](const RowBranch& b, int slot, bool small) {
-    T* out = static_cast<T*>(b.out);
-    T* pre = static_cast<T*>(b.out_pre);
-    for (int idx = tid; idx < BM * BN; idx += NT) {
-      const int i = idx / BN, j = idx - (idx / BN) * BN;
-      const int pix = row_pix[slot][i], n = tn * BN + j;
-      if (pix >= 0 && n < b.n_out) {
-        const int64_t o = static_cast<int64_t>(pix) * b.n_out + n;
-        float v = Cs[i * Lay::LDC + j];
-        if (!DGRAD) {
-          if (bias != nullptr) v += to_f<T>(bias[n]);
-          if (small) {
-            if (pre != nullptr) pre[o] = from_f<T>(v);
-            if (scale != nullptr) v *= to_f<T>(scale[n]);
-          }
-        }
-        out[o] = from_f<T>(v);
-      }
-    }
-  };
   acc0.store(Cs);  // the loop ended with a barrier, so the A/B tiles are free
   __syncthreads();
-  write_out(b0, 0, mode == kSmall);
+  write_tile<T, DGRAD>(p, b0, Cs, Lay::LDC, row_pix[0], tn, mode == kSmall);
   if (mode == kPair) {
     __syncthreads();
     acc1.store(Cs);
     __syncthreads();
-    write_out(b1, 1, true);
+    write_tile<T, DGRAD>(p, b1, Cs, Lay::LDC, row_pix[1], tn, true);
   }
 }
 
+}  // namespace dev
+}  // namespace adjoined
+
+#include "conv_rowgemm_tc.cuh"
+
+namespace adjoined {
+namespace dev {
+
+// The pipelined tensor-core kernel where it applies (rowgemm_tc_ok), else the general one.
 template <typename T, bool DGRAD>
 void launch_rowgemm_t(const RowGemmParams& p, cudaStream_t stream) {
+  if constexpr (sizeof(T) == 2) {
+    if (rowgemm_tc_ok(p, 2)) return launch_rowgemm_tc_t<T, DGRAD>(p, stream);
+  }
   const long long blocks = static_cast<long long>(p.tiles_full) + p.tiles_small;
   if (blocks <= 0) return;
   launch_kernel(rowgemm_kernel<T, DGRAD>, dim3(static_cast<unsigned>(blocks)), dim3(NT), stream, p);

@@ -34,7 +34,7 @@ struct RowGemmParams {
   RowBranch br[2];            // 0: full branch, 1: small branch
   const void* w = nullptr;    // weight in KRSC order: [C_out][R*S][C_in] (channels_last [C_out, C_in, R, S])
   const void* bias = nullptr; // fprop: [C_out] or nullptr
-  const void* scale = nullptr;  // [c_out_s] or nullptr. fprop: small epilogue gate; dgrad: scales dz_small
+  const void* scale = nullptr;  // fprop: small_scale [c_out_s] (small epilogue gate) or nullptr; dgrad: nullptr
   int C_out = 1, C_in = 1, R = 1, S = 1;
   int sh = 1, sw = 1, ph = 0, pw = 0, dh = 1, dw = 1;
   int vec_w = 0;              // weight rows may be read with 16-byte loads

@@ -162,6 +162,8 @@ CONV_CASES = [
     (1, 2, 6, 3, 10, 5, (1, 1), 2, 0, 1, (9, 10), (8, 7)),             # 1x1 s2: dgrad classes with no tap
     (2, 1, 8, 8, 12, 6, (3, 3), 2, 1, 2, (11, 12), (9, 9)),            # s2 d2: one class takes every tap
     (2, 2, 3, 1, 5, 2, (2, 2), 5, 2, 1, (3, 4), (4, 3)),               # stride larger than the input
+    (2, 2, 16, 8, 24, 8, (3, 3), 2, 1, 1, (9, 9), (7, 8)),             # 16-byte rows: the pipelined kernel
+    (2, 1, 64, 16, 72, 24, (3, 3), 1, 1, 1, (6, 7), (5, 6)),           # same, several channel blocks and N tiles
 ]
 
 

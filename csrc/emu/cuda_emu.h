@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <functional>
 #include <memory>
 #include <thread>
@@ -91,6 +92,92 @@ inline void check_aligned(const void* p, unsigned bytes, const char* what) {
     std::fprintf(stderr, "emu: %s: pointer %p is not %u-byte aligned\n", what, p, bytes);
     std::abort();
   }
+}
+
+// ---- Dynamic shared memory: one buffer, sized by the launch (blocks run one after another).
+inline std::vector<unsigned char> g_dyn_smem;
+inline void set_dynamic_smem(size_t bytes) { g_dyn_smem.assign(bytes + 128, 0); }
+inline unsigned char* dynamic_smem() {
+  const uintptr_t p = reinterpret_cast<uintptr_t>(g_dyn_smem.data());
+  return reinterpret_cast<unsigned char*>((p + 127) & ~uintptr_t{127});
+}
+
+// ---- cp.async (synchronous here, so commit/wait are no-ops), ldmatrix and mma.sync m16n8k16, with the
+// PTX ISA's fragment layouts. The warp-collective ones exchange through per-lane slots between two
+// per-warp barriers, as shfl_xor does.
+inline void cp_async16(void* dst, const void* src, int src_bytes) {
+  check_aligned(dst, 16, "cp.async shared destination");
+  if (src_bytes != 0 && src_bytes != 16) { std::fprintf(stderr, "emu: cp.async src-size %d\n", src_bytes); std::abort(); }
+  if (src_bytes) check_aligned(src, 16, "cp.async global source");
+  std::memcpy(dst, src, src_bytes);
+  std::memset(static_cast<unsigned char*>(dst) + src_bytes, 0, 16 - src_bytes);
+}
+
+inline const uint16_t* g_ldm_rows[1024];
+
+inline void ldmatrix_x4(unsigned (&r)[4], const void* row, bool trans) {
+  check_aligned(row, 16, "ldmatrix row");
+  const unsigned t = linear_tid(), lane = t & 31u, w = t >> 5;
+  auto& bar = *(*g_warp_barriers)[w];
+  g_ldm_rows[t] = static_cast<const uint16_t*>(row);
+  bar.arrive_and_wait();
+  const uint16_t* const* rows = g_ldm_rows + (w << 5);
+  for (unsigned j = 0; j < 4; ++j) {
+    uint16_t lo, hi;
+    if (!trans) {
+      const uint16_t* rr = rows[8 * j + lane / 4];
+      lo = rr[2 * (lane % 4)];
+      hi = rr[2 * (lane % 4) + 1];
+    } else {
+      lo = rows[8 * j + 2 * (lane % 4)][lane / 4];
+      hi = rows[8 * j + 2 * (lane % 4) + 1][lane / 4];
+    }
+    r[j] = static_cast<unsigned>(lo) | (static_cast<unsigned>(hi) << 16);
+  }
+  bar.arrive_and_wait();
+}
+
+template <typename T>
+inline float b16_to_float(uint16_t bits) {
+  T v;
+  std::memcpy(&v, &bits, 2);
+  return to_float(v);
+}
+
+struct MmaFrag {
+  unsigned a[4], b[2];
+};
+inline MmaFrag g_mma[1024];
+
+template <typename T>
+inline void mma_16816(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
+  static_assert(sizeof(T) == 2, "16-bit operands");
+  const unsigned t = linear_tid(), lane = t & 31u, w = t >> 5;
+  auto& bar = *(*g_warp_barriers)[w];
+  g_mma[t] = MmaFrag{{a[0], a[1], a[2], a[3]}, {b0, b1}};
+  bar.arrive_and_wait();
+  float A[16][16], B[16][8];
+  for (unsigned l = 0; l < 32; ++l) {
+    const MmaFrag& f = g_mma[(w << 5) | l];
+    const unsigned g = l / 4, c = 2 * (l % 4);
+    for (unsigned e = 0; e < 2; ++e) {
+      auto half = [&](unsigned reg) { return b16_to_float<T>(static_cast<uint16_t>(reg >> (16 * e))); };
+      A[g][c + e] = half(f.a[0]);
+      A[g + 8][c + e] = half(f.a[1]);
+      A[g][c + 8 + e] = half(f.a[2]);
+      A[g + 8][c + 8 + e] = half(f.a[3]);
+      B[c + e][g] = half(f.b[0]);
+      B[c + 8 + e][g] = half(f.b[1]);
+    }
+  }
+  const unsigned g = lane / 4, c = 2 * (lane % 4);
+  for (unsigned i = 0; i < 4; ++i) {
+    const unsigned row = g + 8 * (i / 2), col = c + i % 2;
+    float s = d[i];
+    for (int k = 0; k < 16; ++k) s = std::fma(A[row][k], B[k][col], s);
+    d[i] = s;
+  }
+  bar.arrive_and_wait();
 }
 
 }  // namespace emu

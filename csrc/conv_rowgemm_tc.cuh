@@ -1,0 +1,265 @@
+// The pipelined tensor-core variant of the fprop / dgrad kernel (16-bit types, sm_80+), for problems whose
+// A rows and weight rows are whole 16-byte vectors (channel counts divisible by 8, aligned pointers):
+// the common case. Same tiles, tile ownership, K order and epilogue as rowgemm_kernel (conv_rowgemm.cuh),
+// but A and B tiles go straight from global to shared memory by cp.async (zero fill for padding and
+// bounds, no register staging, no per-element branches), through a ring of STAGES buffers with one
+// barrier per K block, and the warps read MMA fragments with ldmatrix and multiply with mma.sync m16n8k16.
+// Included by conv_fprop.cu and conv_dgrad.cu through conv_rowgemm.cuh.
+#pragma once
+
+#include "device_mma.cuh"
+
+namespace adjoined {
+namespace dev {
+
+// Shared-memory geometry of one ring stage: A0 and A1 [BM][LDA] (K-major; A1 for paired tiles), then B:
+// K-major [BN][LDA] for fprop, N-major [BK][LDBN] for dgrad. Rows are padded by 16 bytes, which keeps
+// them 16-byte aligned and spreads ldmatrix's eight row reads over all 32 banks.
+struct TcLayout {
+  static constexpr int STAGES = 3;
+  static constexpr int LDA = BK + 8;    // also K-major B
+  static constexpr int LDBN = BN + 8;   // N-major B
+  static constexpr int A_ELEMS = BM * LDA;
+  static constexpr int B_ELEMS = BN * LDA > BK * LDBN ? BN * LDA : BK * LDBN;
+  static constexpr int STAGE_ELEMS = 2 * A_ELEMS + B_ELEMS;
+  static constexpr int LDC = BN + 4;
+  static constexpr int RING_BYTES = STAGES * STAGE_ELEMS * 2;
+  static constexpr int C_BYTES = BM * LDC * 4;
+  static constexpr int SMEM_BYTES = RING_BYTES > C_BYTES ? RING_BYTES : C_BYTES;
+};
+
+// The K blocks of a tile in order: (filter tap of the class, channel block), channel blocks fastest,
+// advanced by counters (no divisions per block). oh/ow: the tap's A-pixel offset from the row's base pixel;
+// in dgrad it moves by an exact -step*dil/stride per tap step.
+template <bool DGRAD>
+struct KIter {
+  int cb = 0, si = 0, tap, oh, ow;
+  int ncb, ns, sstep, tap_wrap, oh_step, ow_step, ow0;
+
+  __device__ __forceinline__ KIter(const RowGemmParams& p, const TapAxis& tr, const TapAxis& ts, int qh, int qw,
+                                   int ncb_) {
+    ncb = ncb_;
+    ns = ts.count;
+    sstep = ts.step;
+    tap = tr.r0 * p.S + ts.r0;
+    tap_wrap = tr.step * p.S - (ns - 1) * sstep;  // from the last s of a row of taps to the first of the next
+    oh = DGRAD ? (qh + p.ph - tr.r0 * p.dh) / p.sh : tr.r0 * p.dh;
+    ow0 = ow = DGRAD ? (qw + p.pw - ts.r0 * p.dw) / p.sw : ts.r0 * p.dw;
+    oh_step = DGRAD ? -(tr.step * p.dh) / p.sh : tr.step * p.dh;
+    ow_step = DGRAD ? -(ts.step * p.dw) / p.sw : ts.step * p.dw;
+  }
+
+  __device__ __forceinline__ void next() {
+    if (++cb < ncb) return;
+    cb = 0;
+    if (++si < ns) {
+      tap += sstep;
+      ow += ow_step;
+      return;
+    }
+    si = 0;
+    tap += tap_wrap;
+    ow = ow0;
+    oh += oh_step;
+  }
+};
+
+// 16 bytes of row `rc`'s A pixel at the tap's offset, channels [c0, c0 + 8), into dst (zeros outside).
+template <typename T, bool DGRAD>
+__device__ __forceinline__ void issue_a(T* dst, const RowBranch& b, const RowCtx<DGRAD>& rc, int oh, int ow, int c0) {
+  const T* src = static_cast<const T*>(b.a);
+  int bytes = 0;
+  if (rc.ok && c0 < b.Ka) {
+    const int h = rc.ha + oh, w = rc.wa + ow;
+    if (h >= 0 && h < b.Hs && w >= 0 && w < b.Ws) {
+      src += ((static_cast<int64_t>(rc.n) * b.Hs + h) * b.Ws + w) * b.Ka + c0;
+      bytes = 16;
+    }
+  }
+  cp_async16(dst, src, bytes);
+}
+
+// One warp's 32x32 share of the 128x64 tile: 2 x 4 MMA tiles of 16x8, fp32.
+struct WarpAcc {
+  float c[2][4][4];
+
+  __device__ __forceinline__ void zero() {
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) c[i][j][e] = 0.f;
+  }
+
+  // acc += A (As rows wm.., K-major) * B over one BK block; B K-major [n][k] (fprop) or N-major [k][n].
+  template <typename T, bool B_NMAJOR>
+  __device__ __forceinline__ void step(const T* As, const T* Bs, int wm, int wn) {
+    const int lane = threadIdx.x & 31;
+#pragma unroll
+    for (int kk = 0; kk < BK; kk += 16) {
+      unsigned a[2][4], b[2][4];
+#pragma unroll
+      for (int i = 0; i < 2; ++i)
+        ldmatrix_x4<false>(a[i], As + (wm + 16 * i + (lane & 15)) * TcLayout::LDA + kk + (lane >> 4) * 8);
+#pragma unroll
+      for (int jj = 0; jj < 2; ++jj) {  // n8 tiles 2jj and 2jj + 1: r0, r1 and r2, r3
+        if (B_NMAJOR)
+          ldmatrix_x4<true>(b[jj], Bs + (kk + (lane & 7) + ((lane >> 3) & 1) * 8) * TcLayout::LDBN + wn + 16 * jj +
+                                       (lane >> 4) * 8);
+        else
+          ldmatrix_x4<false>(b[jj], Bs + (wn + 16 * jj + (lane & 7) + ((lane >> 4) << 3)) * TcLayout::LDA + kk +
+                                        ((lane >> 3) & 1) * 8);
+      }
+#pragma unroll
+      for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) mma_16816<T>(c[i][j], a[i], b[j / 2][2 * (j % 2)], b[j / 2][2 * (j % 2) + 1]);
+    }
+  }
+
+  __device__ __forceinline__ void store(float* Cs, int wm, int wn) const {
+    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e)
+          Cs[(wm + 16 * i + g + 8 * (e / 2)) * TcLayout::LDC + wn + 8 * j + 2 * t + (e % 2)] = c[i][j][e];
+  }
+};
+
+template <typename T, bool DGRAD>
+__global__ void __launch_bounds__(NT, 2) rowgemm_tc_kernel(const __grid_constant__ RowGemmParams p) {
+  using L = TcLayout;
+#ifdef ADJ_EMULATE
+  unsigned char* smem = emu::dynamic_smem();
+#else
+  extern __shared__ __align__(128) unsigned char smem[];
+#endif
+  __shared__ int row_pix[2][BM];  // output pixel of each tile row, per accumulator (-1: no row)
+  T* ring = reinterpret_cast<T*>(smem);
+  float* Cs = reinterpret_cast<float*>(smem);
+
+  const TileSel sel = select_tile<DGRAD>(p, static_cast<int>(blockIdx.x));
+  const int tm = sel.tm, tn = sel.tn, mode = sel.mode, qh = sel.qh, qw = sel.qw;
+  if (mode < 0) return;  // never happens with the host's grid; the whole block exits
+  const int psh = DGRAD ? p.sh : 1, psw = DGRAD ? p.sw : 1;
+  const RowBranch& b0 = mode == kSmall ? p.br[1] : p.br[0];  // the branch of accumulator 0
+  const RowBranch& b1 = p.br[1];                             // accumulator 1 (paired tiles only)
+  const TapAxis tr(DGRAD, qh, p.ph, p.dh, p.sh, p.R), ts(DGRAD, qw, p.pw, p.dw, p.sw, p.S);
+
+  // ---- per-thread copy assignments: A two 8-channel chunks of one row; B one 8-element chunk
+  const int tid = threadIdx.x;
+  const int a_row = tid >> 1, a_k0 = (tid & 1) * 16;
+  const int bk_n = tid >> 2, bk_k0 = (tid & 3) * 8;  // fprop: B[n = cout][k = c]
+  const int bn_k = tid >> 3, bn_n0 = (tid & 7) * 8;  // dgrad: B[k = cout][n = cin]
+  RowCtx<DGRAD> rc0, rc1;
+  rc0.setup(b0, p, PhaseDims(b0, qh, qw, psh, psw), qh, qw, tm * BM + a_row);
+  if (mode == kPair) rc1.setup(b1, p, PhaseDims(b1, qh, qw, psh, psw), qh, qw, tm * BM + a_row);
+  if ((tid & 1) == 0) {  // published by the first barrier of the K loop (or the one before the epilogue)
+    row_pix[0][a_row] = rc0.pix;
+    row_pix[1][a_row] = rc1.pix;
+  }
+
+  const int ncb_pair = b1.ncb;  // paired: accumulator 1 takes channel blocks below this
+  const int nkb = tr.count * ts.count * b0.ncb;
+  const T* wgt = static_cast<const T*>(p.w);
+  const int64_t RS = static_cast<int64_t>(p.R) * p.S;
+  KIter<DGRAD> ki(p, tr, ts, qh, qw, b0.ncb);
+
+  auto issue = [&](int stage) {  // the K block `ki` points at, into ring stage `stage`; then ki.next()
+    T* As0 = ring + stage * L::STAGE_ELEMS;
+    T* As1 = As0 + L::A_ELEMS;
+    T* Bs = As1 + L::A_ELEMS;
+    const int c0 = ki.cb * BK + a_k0;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      issue_a<T, DGRAD>(As0 + a_row * L::LDA + a_k0 + 8 * h, b0, rc0, ki.oh, ki.ow, c0 + 8 * h);
+      if (mode == kPair && ki.cb < ncb_pair)
+        issue_a<T, DGRAD>(As1 + a_row * L::LDA + a_k0 + 8 * h, b1, rc1, ki.oh, ki.ow, c0 + 8 * h);
+    }
+    int cout, cin;
+    T* dst;
+    if (!DGRAD) {
+      cout = tn * BN + bk_n;
+      cin = ki.cb * BK + bk_k0;
+      dst = Bs + bk_n * L::LDA + bk_k0;
+    } else {
+      cout = ki.cb * BK + bn_k;
+      cin = tn * BN + bn_n0;
+      dst = Bs + bn_k * L::LDBN + bn_n0;
+    }
+    const bool in = cout < p.C_out && cin < p.C_in;
+    cp_async16(dst, in ? wgt + (static_cast<int64_t>(cout) * RS + ki.tap) * p.C_in + cin : wgt, in ? 16 : 0);
+    ki.next();
+  };
+
+  const int warp = tid >> 5, wm = (warp >> 1) * 32, wn = (warp & 1) * 32;
+  WarpAcc acc0, acc1;
+  acc0.zero();
+  acc1.zero();
+#pragma unroll
+  for (int s = 0; s < L::STAGES - 1; ++s) {  // prologue: the first STAGES - 1 K blocks in flight
+    if (s < nkb) issue(s);
+    cp_async_commit();
+  }
+  int cb = 0;  // channel block of the K block being multiplied
+  for (int kb = 0; kb < nkb; ++kb) {
+    cp_async_wait<L::STAGES - 2>();  // this thread's copies of block kb have landed
+    __syncthreads();                 // everyone's have; and block kb - 1's stage is free again
+    if (kb + L::STAGES - 1 < nkb) issue((kb + L::STAGES - 1) % L::STAGES);
+    cp_async_commit();
+    const T* As0 = ring + (kb % L::STAGES) * L::STAGE_ELEMS;
+    const T* Bs = As0 + 2 * L::A_ELEMS;
+    acc0.step<T, DGRAD>(As0, Bs, wm, wn);
+    if (mode == kPair && cb < ncb_pair) acc1.step<T, DGRAD>(As0 + L::A_ELEMS, Bs, wm, wn);  // block-uniform
+    if (++cb == b0.ncb) cb = 0;
+  }
+  cp_async_wait<0>();
+  __syncthreads();  // every warp is done with the ring: the epilogue reuses it
+
+  // ---- epilogue: stage each accumulator in shared memory, then coalesced, bounds-checked stores
+  acc0.store(Cs, wm, wn);
+  __syncthreads();
+  write_tile<T, DGRAD>(p, b0, Cs, L::LDC, row_pix[0], tn, mode == kSmall);
+  if (mode == kPair) {
+    __syncthreads();
+    acc1.store(Cs, wm, wn);
+    __syncthreads();
+    write_tile<T, DGRAD>(p, b1, Cs, L::LDC, row_pix[1], tn, true);
+  }
+}
+
+// Whether the pipelined kernel takes these parameters: 16-bit type, a GPU of compute capability 8.0 or newer
+// (cp.async, bf16 mma.sync), and every A and weight row a whole number of 16-byte vectors at 16-byte
+// aligned addresses (the host's vec flags). Otherwise rowgemm_kernel runs.
+inline bool rowgemm_tc_ok(const RowGemmParams& p, int elem_size) {
+  if (elem_size != 2 || !p.vec_w || !p.br[0].vec_a || !p.br[1].vec_a) return false;
+#ifdef ADJ_EMULATE
+  return true;
+#else
+  int dev = 0, major = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&dev));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+  return major >= 8;
+#endif
+}
+
+template <typename T, bool DGRAD>
+void launch_rowgemm_tc_t(const RowGemmParams& p, cudaStream_t stream) {
+  const long long blocks = static_cast<long long>(p.tiles_full) + p.tiles_small;
+  if (blocks <= 0) return;
+  constexpr int smem = TcLayout::SMEM_BYTES;  // over the 48 KB default: opted in per launch (per device)
+#ifdef ADJ_EMULATE
+  emu::set_dynamic_smem(smem);
+  emu::launch(rowgemm_tc_kernel<T, DGRAD>, dim3(static_cast<unsigned>(blocks)), dim3(NT), p);
+#else
+  C10_CUDA_CHECK(cudaFuncSetAttribute(rowgemm_tc_kernel<T, DGRAD>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  rowgemm_tc_kernel<T, DGRAD><<<dim3(static_cast<unsigned>(blocks)), dim3(NT), smem, stream>>>(p);
+#endif
+}
+
+}  // namespace dev
+}  // namespace adjoined
