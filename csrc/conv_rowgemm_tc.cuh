@@ -64,26 +64,44 @@ struct KIter {
   }
 };
 
-// 16 bytes of row `rc`'s A pixel at the tap's offset, channels [c0, c0 + 8), into dst (zeros outside).
+// Row `rc`'s A source: the image base and the base pixel, for 16-byte copies at any tap and channel.
 template <typename T, bool DGRAD>
-__device__ __forceinline__ void issue_a(T* dst, const RowBranch& b, const RowCtx<DGRAD>& rc, int oh, int ow, int c0) {
-  const T* src = static_cast<const T*>(b.a);
-  int bytes = 0;
-  if (rc.ok && c0 < b.Ka) {
-    const int h = rc.ha + oh, w = rc.wa + ow;
-    if (h >= 0 && h < b.Hs && w >= 0 && w < b.Ws) {
-      src += ((static_cast<int64_t>(rc.n) * b.Hs + h) * b.Ws + w) * b.Ka + c0;
-      bytes = 16;
-    }
-  }
-  cp_async16(dst, src, bytes);
-}
+struct ARow {
+  const T* img = nullptr;  // the row's image, NHWC [Hs][Ws][Ka]; a valid address even without a row
+  int ha = 0, wa = 0, Hs = 0, Ws = 0, Ka = 0;  // held in registers, not re-read from the parameters
 
-// One warp's 32x32 share of the 128x64 tile: 2 x 4 MMA tiles of 16x8, fp32.
+  __device__ __forceinline__ ARow(const RowBranch& b, const RowCtx<DGRAD>& rc) {
+    img = static_cast<const T*>(b.a) + (rc.ok ? static_cast<int64_t>(rc.n) * b.Hs * b.Ws * b.Ka : 0);
+    ha = rc.ha;
+    wa = rc.wa;
+    Hs = rc.ok ? b.Hs : 0;  // no row: every copy is out of bounds
+    Ws = b.Ws;
+    Ka = b.Ka;
+  }
+
+  // 16 bytes at the tap's offset (oh, ow), channels [c0, c0 + 8), to shared address dst; zeros outside.
+  __device__ __forceinline__ void issue(unsigned dst, int oh, int ow, int c0) const {
+    const int h = ha + oh, w = wa + ow;
+    const bool in = c0 < Ka && h >= 0 && h < Hs && w >= 0 && w < Ws;
+    cp_async16(dst, in ? img + (h * Ws + w) * Ka + c0 : img, in ? 16 : 0);
+  }
+};
+
+// One warp's 32x32 share of the 128x64 tile: 2 x 4 MMA tiles of 16x8, fp32. The ldmatrix addresses are
+// per-lane byte offsets from a stage's A and B buffers, fixed for the whole K loop.
+template <bool B_NMAJOR>
 struct WarpAcc {
   float c[2][4][4];
+  unsigned a_off[2], b_off[2];
 
-  __device__ __forceinline__ void zero() {
+  __device__ __forceinline__ WarpAcc(int wm, int wn) {
+    const int lane = threadIdx.x & 31;
+#pragma unroll
+    for (int i = 0; i < 2; ++i) a_off[i] = 2 * ((wm + 16 * i + (lane & 15)) * TcLayout::LDA + (lane >> 4) * 8);
+#pragma unroll
+    for (int jj = 0; jj < 2; ++jj)  // n8 tiles 2jj and 2jj + 1: registers r0, r1 and r2, r3
+      b_off[jj] = B_NMAJOR ? 2 * (((lane & 7) + ((lane >> 3) & 1) * 8) * TcLayout::LDBN + wn + 16 * jj + (lane >> 4) * 8)
+                           : 2 * ((wn + 16 * jj + (lane & 7) + ((lane >> 4) << 3)) * TcLayout::LDA + ((lane >> 3) & 1) * 8);
 #pragma unroll
     for (int i = 0; i < 2; ++i)
 #pragma unroll
@@ -92,30 +110,33 @@ struct WarpAcc {
         for (int e = 0; e < 4; ++e) c[i][j][e] = 0.f;
   }
 
-  // acc += A (As rows wm.., K-major) * B over one BK block; B K-major [n][k] (fprop) or N-major [k][n].
-  template <typename T, bool B_NMAJOR>
-  __device__ __forceinline__ void step(const T* As, const T* Bs, int wm, int wn) {
-    const int lane = threadIdx.x & 31;
+  // acc += A * B over one BK block, and with PAIR other += A1 * B from the same B fragments (the shared
+  // weight tile). As, As1, Bs: shared addresses of a stage's A buffers (K-major) and B buffer.
+  template <typename T, bool PAIR>
+  __device__ __forceinline__ void step(WarpAcc& other, unsigned As, unsigned As1, unsigned Bs) {
 #pragma unroll
     for (int kk = 0; kk < BK; kk += 16) {
       unsigned a[2][4], b[2][4];
 #pragma unroll
-      for (int i = 0; i < 2; ++i)
-        ldmatrix_x4<false>(a[i], As + (wm + 16 * i + (lane & 15)) * TcLayout::LDA + kk + (lane >> 4) * 8);
+      for (int jj = 0; jj < 2; ++jj)
+        ldmatrix_x4<B_NMAJOR>(b[jj], Bs + b_off[jj] + 2 * kk * (B_NMAJOR ? TcLayout::LDBN : 1));
 #pragma unroll
-      for (int jj = 0; jj < 2; ++jj) {  // n8 tiles 2jj and 2jj + 1: r0, r1 and r2, r3
-        if (B_NMAJOR)
-          ldmatrix_x4<true>(b[jj], Bs + (kk + (lane & 7) + ((lane >> 3) & 1) * 8) * TcLayout::LDBN + wn + 16 * jj +
-                                       (lane >> 4) * 8);
-        else
-          ldmatrix_x4<false>(b[jj], Bs + (wn + 16 * jj + (lane & 7) + ((lane >> 4) << 3)) * TcLayout::LDA + kk +
-                                        ((lane >> 3) & 1) * 8);
+      for (int i = 0; i < 2; ++i) ldmatrix_x4<false>(a[i], As + a_off[i] + 2 * kk);
+      mma_tile<T>(a, b);
+      if (PAIR) {
+#pragma unroll
+        for (int i = 0; i < 2; ++i) ldmatrix_x4<false>(a[i], As1 + a_off[i] + 2 * kk);
+        other.template mma_tile<T>(a, b);
       }
-#pragma unroll
-      for (int i = 0; i < 2; ++i)
-#pragma unroll
-        for (int j = 0; j < 4; ++j) mma_16816<T>(c[i][j], a[i], b[j / 2][2 * (j % 2)], b[j / 2][2 * (j % 2) + 1]);
     }
+  }
+
+  template <typename T>
+  __device__ __forceinline__ void mma_tile(const unsigned (&a)[2][4], const unsigned (&b)[2][4]) {
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) mma_16816<T>(c[i][j], a[i], b[j / 2][2 * (j % 2)], b[j / 2][2 * (j % 2) + 1]);
   }
 
   __device__ __forceinline__ void store(float* Cs, int wm, int wn) const {
@@ -133,13 +154,14 @@ struct WarpAcc {
 template <typename T, bool DGRAD>
 __global__ void __launch_bounds__(NT, 2) rowgemm_tc_kernel(const __grid_constant__ RowGemmParams p) {
   using L = TcLayout;
+  constexpr unsigned A_BYTES = 2 * L::A_ELEMS, STAGE_BYTES = 2 * L::STAGE_ELEMS;
 #ifdef ADJ_EMULATE
   unsigned char* smem = emu::dynamic_smem();
 #else
   extern __shared__ __align__(128) unsigned char smem[];
 #endif
   __shared__ int row_pix[2][BM];  // output pixel of each tile row, per accumulator (-1: no row)
-  T* ring = reinterpret_cast<T*>(smem);
+  const unsigned ring = smem_u32(smem);
   float* Cs = reinterpret_cast<float*>(smem);
 
   const TileSel sel = select_tile<DGRAD>(p, static_cast<int>(blockIdx.x));
@@ -148,74 +170,69 @@ __global__ void __launch_bounds__(NT, 2) rowgemm_tc_kernel(const __grid_constant
   const int psh = DGRAD ? p.sh : 1, psw = DGRAD ? p.sw : 1;
   const RowBranch& b0 = mode == kSmall ? p.br[1] : p.br[0];  // the branch of accumulator 0
   const RowBranch& b1 = p.br[1];                             // accumulator 1 (paired tiles only)
+  const bool pair = mode == kPair;
   const TapAxis tr(DGRAD, qh, p.ph, p.dh, p.sh, p.R), ts(DGRAD, qw, p.pw, p.dw, p.sw, p.S);
 
-  // ---- per-thread copy assignments: A two 8-channel chunks of one row; B one 8-element chunk
+  // ---- per-thread copies: A two 8-channel chunks of one row (per accumulator), B one 8-element chunk
   const int tid = threadIdx.x;
   const int a_row = tid >> 1, a_k0 = (tid & 1) * 16;
-  const int bk_n = tid >> 2, bk_k0 = (tid & 3) * 8;  // fprop: B[n = cout][k = c]
-  const int bn_k = tid >> 3, bn_n0 = (tid & 7) * 8;  // dgrad: B[k = cout][n = cin]
   RowCtx<DGRAD> rc0, rc1;
   rc0.setup(b0, p, PhaseDims(b0, qh, qw, psh, psw), qh, qw, tm * BM + a_row);
-  if (mode == kPair) rc1.setup(b1, p, PhaseDims(b1, qh, qw, psh, psw), qh, qw, tm * BM + a_row);
+  if (pair) rc1.setup(b1, p, PhaseDims(b1, qh, qw, psh, psw), qh, qw, tm * BM + a_row);
   if ((tid & 1) == 0) {  // published by the first barrier of the K loop (or the one before the epilogue)
     row_pix[0][a_row] = rc0.pix;
     row_pix[1][a_row] = rc1.pix;
   }
+  const ARow<T, DGRAD> ar0(b0, rc0), ar1(b1, rc1);
+  const unsigned a_dst = 2 * (a_row * L::LDA + a_k0);
+  // B chunk: fprop B[n = cout][k = cin] (8 input channels of one output channel, along k); dgrad
+  // B[k = cout][n = cin] (8 input channels, along n). The weight is KRSC: [C_out][R*S][C_in].
+  const int RS = p.R * p.S;
+  const int b_n = DGRAD ? tid & 7 : tid >> 2, b_k = DGRAD ? tid >> 3 : tid & 3;
+  const int cout0 = DGRAD ? b_k : tn * BN + b_n;           // fprop: fixed; dgrad: plus cb * BK
+  const int cin0 = DGRAD ? tn * BN + 8 * b_n : 8 * b_k;    // fprop: plus cb * BK; dgrad: fixed
+  const unsigned b_dst = 2 * (2 * L::A_ELEMS + (DGRAD ? b_k * L::LDBN + 8 * b_n : b_n * L::LDA + 8 * b_k));
+  const T* wgt = static_cast<const T*>(p.w);
 
   const int ncb_pair = b1.ncb;  // paired: accumulator 1 takes channel blocks below this
   const int nkb = tr.count * ts.count * b0.ncb;
-  const T* wgt = static_cast<const T*>(p.w);
-  const int64_t RS = static_cast<int64_t>(p.R) * p.S;
   KIter<DGRAD> ki(p, tr, ts, qh, qw, b0.ncb);
 
-  auto issue = [&](int stage) {  // the K block `ki` points at, into ring stage `stage`; then ki.next()
-    T* As0 = ring + stage * L::STAGE_ELEMS;
-    T* As1 = As0 + L::A_ELEMS;
-    T* Bs = As1 + L::A_ELEMS;
+  auto issue = [&](unsigned stage) {  // the K block `ki` points at, into the ring stage at `stage`
     const int c0 = ki.cb * BK + a_k0;
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      issue_a<T, DGRAD>(As0 + a_row * L::LDA + a_k0 + 8 * h, b0, rc0, ki.oh, ki.ow, c0 + 8 * h);
-      if (mode == kPair && ki.cb < ncb_pair)
-        issue_a<T, DGRAD>(As1 + a_row * L::LDA + a_k0 + 8 * h, b1, rc1, ki.oh, ki.ow, c0 + 8 * h);
+      ar0.issue(stage + a_dst + 16 * h, ki.oh, ki.ow, c0 + 8 * h);
+      if (pair && ki.cb < ncb_pair) ar1.issue(stage + A_BYTES + a_dst + 16 * h, ki.oh, ki.ow, c0 + 8 * h);
     }
-    int cout, cin;
-    T* dst;
-    if (!DGRAD) {
-      cout = tn * BN + bk_n;
-      cin = ki.cb * BK + bk_k0;
-      dst = Bs + bk_n * L::LDA + bk_k0;
-    } else {
-      cout = ki.cb * BK + bn_k;
-      cin = tn * BN + bn_n0;
-      dst = Bs + bn_k * L::LDBN + bn_n0;
-    }
+    const int cout = cout0 + (DGRAD ? ki.cb * BK : 0), cin = cin0 + (DGRAD ? 0 : ki.cb * BK);
     const bool in = cout < p.C_out && cin < p.C_in;
-    cp_async16(dst, in ? wgt + (static_cast<int64_t>(cout) * RS + ki.tap) * p.C_in + cin : wgt, in ? 16 : 0);
+    cp_async16(stage + b_dst, in ? wgt + (static_cast<int64_t>(cout) * RS + ki.tap) * p.C_in + cin : wgt, in ? 16 : 0);
     ki.next();
   };
 
   const int warp = tid >> 5, wm = (warp >> 1) * 32, wn = (warp & 1) * 32;
-  WarpAcc acc0, acc1;
-  acc0.zero();
-  acc1.zero();
+  WarpAcc<DGRAD> acc0(wm, wn), acc1(wm, wn);
 #pragma unroll
   for (int s = 0; s < L::STAGES - 1; ++s) {  // prologue: the first STAGES - 1 K blocks in flight
-    if (s < nkb) issue(s);
+    if (s < nkb) issue(ring + s * STAGE_BYTES);
     cp_async_commit();
   }
+  unsigned use = ring, fill = ring + (L::STAGES - 1) * STAGE_BYTES;  // stage multiplied / being filled
+  const unsigned ring_end = ring + L::STAGES * STAGE_BYTES;
   int cb = 0;  // channel block of the K block being multiplied
   for (int kb = 0; kb < nkb; ++kb) {
     cp_async_wait<L::STAGES - 2>();  // this thread's copies of block kb have landed
     __syncthreads();                 // everyone's have; and block kb - 1's stage is free again
-    if (kb + L::STAGES - 1 < nkb) issue((kb + L::STAGES - 1) % L::STAGES);
+    if (kb + L::STAGES - 1 < nkb) issue(fill);
     cp_async_commit();
-    const T* As0 = ring + (kb % L::STAGES) * L::STAGE_ELEMS;
-    const T* Bs = As0 + 2 * L::A_ELEMS;
-    acc0.step<T, DGRAD>(As0, Bs, wm, wn);
-    if (mode == kPair && cb < ncb_pair) acc1.step<T, DGRAD>(As0 + L::A_ELEMS, Bs, wm, wn);  // block-uniform
+    if (pair && cb < ncb_pair)  // block-uniform
+      acc0.template step<T, true>(acc1, use, use + A_BYTES, use + 2 * A_BYTES);
+    else
+      acc0.template step<T, false>(acc1, use, use, use + 2 * A_BYTES);
     if (++cb == b0.ncb) cb = 0;
+    use = use + STAGE_BYTES == ring_end ? ring : use + STAGE_BYTES;
+    fill = fill + STAGE_BYTES == ring_end ? ring : fill + STAGE_BYTES;
   }
   cp_async_wait<0>();
   __syncthreads();  // every warp is done with the ring: the epilogue reuses it
@@ -224,7 +241,7 @@ __global__ void __launch_bounds__(NT, 2) rowgemm_tc_kernel(const __grid_constant
   acc0.store(Cs, wm, wn);
   __syncthreads();
   write_tile<T, DGRAD>(p, b0, Cs, L::LDC, row_pix[0], tn, mode == kSmall);
-  if (mode == kPair) {
+  if (pair) {
     __syncthreads();
     acc1.store(Cs, wm, wn);
     __syncthreads();

@@ -8,16 +8,26 @@
 namespace adjoined {
 namespace dev {
 
-// 16 bytes from global src to shared dst (both 16-byte aligned); src_bytes in {0, 16}: 0 writes zeros and
-// reads nothing (src must still be a valid address).
-__device__ __forceinline__ void cp_async16(void* dst, const void* src, int src_bytes) {
+// The 32-bit shared-memory address of a pointer into the kernel's dynamic shared memory (the emulation
+// uses the offset into its buffer). Kernels compute it once and add byte offsets: cheaper than generic
+// 64-bit pointers in the K loop.
+__device__ __forceinline__ unsigned smem_u32(const void* p) {
 #ifdef ADJ_EMULATE
-  emu::cp_async16(dst, src, src_bytes);
+  return static_cast<unsigned>(static_cast<const unsigned char*>(p) - emu::dynamic_smem());
+#else
+  return static_cast<unsigned>(__cvta_generic_to_shared(p));
+#endif
+}
+
+// 16 bytes from global src to shared address dst (both 16-byte aligned); src_bytes in {0, 16}: 0 writes
+// zeros and reads nothing (src must still be a valid address).
+__device__ __forceinline__ void cp_async16(unsigned dst, const void* src, int src_bytes) {
+#ifdef ADJ_EMULATE
+  emu::cp_async16(emu::dynamic_smem() + dst, src, src_bytes);
 #elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
   __trap();
 #else
-  const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(src_bytes));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes));
 #endif
 }
 
@@ -35,17 +45,16 @@ __device__ __forceinline__ void cp_async_wait() {
 #endif
 }
 
-// ldmatrix .x4 (.trans when TRANS): lane l passes the address of row l % 8 of 8x8 b16 matrix l / 8 (16-byte
-// aligned, shared memory); r[j] gets matrix j's (row l / 4, columns 2(l % 4), 2(l % 4) + 1), or with
+// ldmatrix .x4 (.trans when TRANS): lane l passes the shared address of row l % 8 of 8x8 b16 matrix l / 8
+// (16-byte aligned); r[j] gets matrix j's (row l / 4, columns 2(l % 4), 2(l % 4) + 1), or with
 // TRANS its (rows 2(l % 4), 2(l % 4) + 1, column l / 4).
 template <bool TRANS>
-__device__ __forceinline__ void ldmatrix_x4(unsigned (&r)[4], const void* row) {
+__device__ __forceinline__ void ldmatrix_x4(unsigned (&r)[4], unsigned a) {
 #ifdef ADJ_EMULATE
-  emu::ldmatrix_x4(r, row, TRANS);
+  emu::ldmatrix_x4(r, emu::dynamic_smem() + a, TRANS);
 #elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 750
   __trap();
 #else
-  const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(row));
   if (TRANS)
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
