@@ -47,6 +47,7 @@ CONV = [
     (1, 2, 5, 1, 7, 7, 3, 2, 1, 1, 11, 9, False),       # odd widths, stride 2, no sharing
     (1, 1, 9, 3, 130, 2, 5, 1, 2, 2, 12, 10, True),     # dilation 2, 3 N tiles
     (4, 4, 64, 16, 64, 16, 1, 1, 0, 1, 30, 30, True),   # 1x1, split-K wgrad over 3600 rows
+    (2, 2, 64, 32, 48, 24, 3, 2, 1, 1, 15, 13, True),   # 16-bit: the pipelined kernel, paired, 2 channel blocks
 ]
 
 
