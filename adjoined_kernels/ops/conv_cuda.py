@@ -10,7 +10,7 @@ The kernels live in ``csrc/`` (schemas in ``csrc/torch_bindings.cpp``):
   with the same index when both exist, and feeds each weight tile of the shared channel prefix to both
   accumulators. Bias and the ``small_scale`` gate are applied in the epilogue.
 - ``adjoined::cuda_conv2d_dgrad``: the same kernel with M = N·H·W, N = C_in, K = R·S·C_out; ``dz_small``
-  is multiplied by ``small_scale`` as it is loaded. For stride > 1 the rows are split into the
+  is multiplied by ``small_scale`` first (one elementwise op: the scale runs along K). For stride > 1 the rows are split into the
   ``sh x sw`` phase classes of the input pixels (sub-pixel decomposition), each visiting only the
   filter taps that reach it, so a strided dgrad does no MMA work on zero taps. Any dilation works.
 - ``adjoined::cuda_conv2d_wgrad``: split-K implicit GEMM (M = C_out, N = R·S·C_in, K = N·P·Q) into an fp32
@@ -18,8 +18,11 @@ The kernels live in ``csrc/`` (schemas in ``csrc/torch_bindings.cpp``):
   kernel sums the splits in a fixed order, so dW is deterministic without atomics; db and
   ``d small_scale`` come from per-channel partial sums reduced the same way.
 
-fp16/bf16 run on tensor cores (WMMA 16x16x16, fp32 accumulation); fp32 runs on an exact fp32 FMA path
-(no TF32). Inputs in any memory format are converted to channels_last; outputs keep their input's format.
+fp16/bf16 run on tensor cores with fp32 accumulation. fprop and dgrad with 16-byte rows (every channel
+count of the A source and the weight divisible by 8, aligned pointers; GPUs of compute capability >= 8.0)
+take a pipelined kernel: cp.async copies into a 3-stage shared-memory ring, ldmatrix, mma.sync m16n8k16
+(``csrc/conv_rowgemm_tc.cuh``); other shapes take the general kernel (register-staged loads, WMMA
+16x16x16), and so does wgrad. fp32 runs on an exact fp32 FMA path (no TF32). Inputs in any memory format are converted to channels_last; outputs keep their input's format.
 
 The extension is imported lazily (:func:`load`), so the package imports without it. Loading it also
 registers the ops' fake kernels (for torch.compile / opcheck) and the autograd formula of the fprop op.
