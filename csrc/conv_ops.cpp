@@ -331,8 +331,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_wgrad_cuda(
   const auto fopts = opts.dtype(at::kFloat);
   if (need_weight) {
     WgradParams p;
+    // The GEMM's dz_small carries small_scale (one mul, in dz's dtype as the reference does); the channel
+    // sums below use dz_small as it is.
+    const at::Tensor dzs_gemm = sc.defined() ? at::mul(dzs, sc.view({1, -1, 1, 1})).contiguous(kCL) : dzs;
     const at::Tensor* xx[2] = {&xf, &xs};
-    const at::Tensor* dd[2] = {&dzf, &dzs};
+    const at::Tensor* dd[2] = {&dzf, &dzs_gemm};
     for (int i = 0; i < 2; ++i) {
       WgBranch& b = p.br[i];
       b.x = xx[i]->data_ptr();
@@ -348,7 +351,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_wgrad_cuda(
       b.vec_x = vec_ok(*xx[i], b.cin);
       b.vec_dy = vec_ok(*dd[i], b.cout);
     }
-    p.scale = sc.defined() ? sc.data_ptr() : nullptr;
     p.C_out = static_cast<int>(C_out);
     p.C_in = static_cast<int>(C_in);
     p.R = checked_int(R, "kh");

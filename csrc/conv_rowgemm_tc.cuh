@@ -12,19 +12,15 @@
 namespace adjoined {
 namespace dev {
 
-// Shared-memory geometry of one ring stage: A0 and A1 [BM][LDA] (K-major; A1 for paired tiles), then B:
-// K-major [BN][LDA] for fprop, N-major [BK][LDBN] for dgrad. Rows are padded by 16 bytes, which keeps
-// them 16-byte aligned and spreads ldmatrix's eight row reads over all 32 banks.
+// Shared-memory geometry of one ring stage: A0 and A1 [BM][TC_LDK] (K-major; A1 for paired tiles), then
+// B: K-major [BN][TC_LDK] for fprop, N-major [BK][TC_LDN] for dgrad.
 struct TcLayout {
   static constexpr int STAGES = 3;
-  static constexpr int LDA = BK + 8;    // also K-major B
-  static constexpr int LDBN = BN + 8;   // N-major B
-  static constexpr int A_ELEMS = BM * LDA;
-  static constexpr int B_ELEMS = BN * LDA > BK * LDBN ? BN * LDA : BK * LDBN;
+  static constexpr int A_ELEMS = BM * TC_LDK;
+  static constexpr int B_ELEMS = BN * TC_LDK > BK * TC_LDN ? BN * TC_LDK : BK * TC_LDN;
   static constexpr int STAGE_ELEMS = 2 * A_ELEMS + B_ELEMS;
-  static constexpr int LDC = BN + 4;
   static constexpr int RING_BYTES = STAGES * STAGE_ELEMS * 2;
-  static constexpr int C_BYTES = BM * LDC * 4;
+  static constexpr int C_BYTES = BM * TC_LDC * 4;
   static constexpr int SMEM_BYTES = RING_BYTES > C_BYTES ? RING_BYTES : C_BYTES;
 };
 
@@ -87,70 +83,6 @@ struct ARow {
   }
 };
 
-// One warp's 32x32 share of the 128x64 tile: 2 x 4 MMA tiles of 16x8, fp32. The ldmatrix addresses are
-// per-lane byte offsets from a stage's A and B buffers, fixed for the whole K loop.
-template <bool B_NMAJOR>
-struct WarpAcc {
-  float c[2][4][4];
-  unsigned a_off[2], b_off[2];
-
-  __device__ __forceinline__ WarpAcc(int wm, int wn) {
-    const int lane = threadIdx.x & 31;
-#pragma unroll
-    for (int i = 0; i < 2; ++i) a_off[i] = 2 * ((wm + 16 * i + (lane & 15)) * TcLayout::LDA + (lane >> 4) * 8);
-#pragma unroll
-    for (int jj = 0; jj < 2; ++jj)  // n8 tiles 2jj and 2jj + 1: registers r0, r1 and r2, r3
-      b_off[jj] = B_NMAJOR ? 2 * (((lane & 7) + ((lane >> 3) & 1) * 8) * TcLayout::LDBN + wn + 16 * jj + (lane >> 4) * 8)
-                           : 2 * ((wn + 16 * jj + (lane & 7) + ((lane >> 4) << 3)) * TcLayout::LDA + ((lane >> 3) & 1) * 8);
-#pragma unroll
-    for (int i = 0; i < 2; ++i)
-#pragma unroll
-      for (int j = 0; j < 4; ++j)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) c[i][j][e] = 0.f;
-  }
-
-  // acc += A * B over one BK block, and with PAIR other += A1 * B from the same B fragments (the shared
-  // weight tile). As, As1, Bs: shared addresses of a stage's A buffers (K-major) and B buffer.
-  template <typename T, bool PAIR>
-  __device__ __forceinline__ void step(WarpAcc& other, unsigned As, unsigned As1, unsigned Bs) {
-#pragma unroll
-    for (int kk = 0; kk < BK; kk += 16) {
-      unsigned a[2][4], b[2][4];
-#pragma unroll
-      for (int jj = 0; jj < 2; ++jj)
-        ldmatrix_x4<B_NMAJOR>(b[jj], Bs + b_off[jj] + 2 * kk * (B_NMAJOR ? TcLayout::LDBN : 1));
-#pragma unroll
-      for (int i = 0; i < 2; ++i) ldmatrix_x4<false>(a[i], As + a_off[i] + 2 * kk);
-      mma_tile<T>(a, b);
-      if (PAIR) {
-#pragma unroll
-        for (int i = 0; i < 2; ++i) ldmatrix_x4<false>(a[i], As1 + a_off[i] + 2 * kk);
-        other.template mma_tile<T>(a, b);
-      }
-    }
-  }
-
-  template <typename T>
-  __device__ __forceinline__ void mma_tile(const unsigned (&a)[2][4], const unsigned (&b)[2][4]) {
-#pragma unroll
-    for (int i = 0; i < 2; ++i)
-#pragma unroll
-      for (int j = 0; j < 4; ++j) mma_16816<T>(c[i][j], a[i], b[j / 2][2 * (j % 2)], b[j / 2][2 * (j % 2) + 1]);
-  }
-
-  __device__ __forceinline__ void store(float* Cs, int wm, int wn) const {
-    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-#pragma unroll
-    for (int i = 0; i < 2; ++i)
-#pragma unroll
-      for (int j = 0; j < 4; ++j)
-#pragma unroll
-        for (int e = 0; e < 4; ++e)
-          Cs[(wm + 16 * i + g + 8 * (e / 2)) * TcLayout::LDC + wn + 8 * j + 2 * t + (e % 2)] = c[i][j][e];
-  }
-};
-
 template <typename T, bool DGRAD>
 __global__ void __launch_bounds__(NT, 2) rowgemm_tc_kernel(const __grid_constant__ RowGemmParams p) {
   using L = TcLayout;
@@ -184,14 +116,14 @@ __global__ void __launch_bounds__(NT, 2) rowgemm_tc_kernel(const __grid_constant
     row_pix[1][a_row] = rc1.pix;
   }
   const ARow<T, DGRAD> ar0(b0, rc0), ar1(b1, rc1);
-  const unsigned a_dst = 2 * (a_row * L::LDA + a_k0);
+  const unsigned a_dst = 2 * (a_row * TC_LDK + a_k0);
   // B chunk: fprop B[n = cout][k = cin] (8 input channels of one output channel, along k); dgrad
   // B[k = cout][n = cin] (8 input channels, along n). The weight is KRSC: [C_out][R*S][C_in].
   const int RS = p.R * p.S;
   const int b_n = DGRAD ? tid & 7 : tid >> 2, b_k = DGRAD ? tid >> 3 : tid & 3;
   const int cout0 = DGRAD ? b_k : tn * BN + b_n;           // fprop: fixed; dgrad: plus cb * BK
   const int cin0 = DGRAD ? tn * BN + 8 * b_n : 8 * b_k;    // fprop: plus cb * BK; dgrad: fixed
-  const unsigned b_dst = 2 * (2 * L::A_ELEMS + (DGRAD ? b_k * L::LDBN + 8 * b_n : b_n * L::LDA + 8 * b_k));
+  const unsigned b_dst = 2 * (2 * L::A_ELEMS + (DGRAD ? b_k * TC_LDN + 8 * b_n : b_n * TC_LDK + 8 * b_k));
   const T* wgt = static_cast<const T*>(p.w);
 
   const int ncb_pair = b1.ncb;  // paired: accumulator 1 takes channel blocks below this
@@ -212,7 +144,7 @@ __global__ void __launch_bounds__(NT, 2) rowgemm_tc_kernel(const __grid_constant
   };
 
   const int warp = tid >> 5, wm = (warp >> 1) * 32, wn = (warp & 1) * 32;
-  WarpAcc<DGRAD> acc0(wm, wn), acc1(wm, wn);
+  WarpAcc<false, DGRAD> acc0(wm, wn), acc1(wm, wn);
 #pragma unroll
   for (int s = 0; s < L::STAGES - 1; ++s) {  // prologue: the first STAGES - 1 K blocks in flight
     if (s < nkb) issue(ring + s * STAGE_BYTES);
@@ -240,12 +172,12 @@ __global__ void __launch_bounds__(NT, 2) rowgemm_tc_kernel(const __grid_constant
   // ---- epilogue: stage each accumulator in shared memory, then coalesced, bounds-checked stores
   acc0.store(Cs, wm, wn);
   __syncthreads();
-  write_tile<T, DGRAD>(p, b0, Cs, L::LDC, row_pix[0], tn, mode == kSmall);
+  write_tile<T, DGRAD>(p, b0, Cs, TC_LDC, row_pix[0], tn, mode == kSmall);
   if (pair) {
     __syncthreads();
     acc1.store(Cs, wm, wn);
     __syncthreads();
-    write_tile<T, DGRAD>(p, b1, Cs, L::LDC, row_pix[1], tn, true);
+    write_tile<T, DGRAD>(p, b1, Cs, TC_LDC, row_pix[1], tn, true);
   }
 }
 
@@ -253,15 +185,7 @@ __global__ void __launch_bounds__(NT, 2) rowgemm_tc_kernel(const __grid_constant
 // (cp.async, bf16 mma.sync), and every A and weight row a whole number of 16-byte vectors at 16-byte
 // aligned addresses (the host's vec flags). Otherwise rowgemm_kernel runs.
 inline bool rowgemm_tc_ok(const RowGemmParams& p, int elem_size) {
-  if (elem_size != 2 || !p.vec_w || !p.br[0].vec_a || !p.br[1].vec_a) return false;
-#ifdef ADJ_EMULATE
-  return true;
-#else
-  int dev = 0, major = 0;
-  C10_CUDA_CHECK(cudaGetDevice(&dev));
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
-  return major >= 8;
-#endif
+  return elem_size == 2 && p.vec_w && p.br[0].vec_a && p.br[1].vec_a && tc_arch_ok();
 }
 
 template <typename T, bool DGRAD>

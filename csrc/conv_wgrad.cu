@@ -2,11 +2,13 @@
 //   dW = wgrad(x_full, dz_full) + wgrad(x_small, dz_small * s) on the [:c_out_s, :c_in_s] block,
 //   db = sum(dz_full) + s * sum(dz_small) on [:c_out_s],  d small_scale = sum(dz_small * u_small).
 // Three launches: the split-K GEMM (both branches, one grid) into an fp32 workspace, per-channel
-// partial sums for db / d small_scale, and one reduction writing dW, db and d small_scale.
+// partial sums for db / d small_scale, and one reduction writing dW, db and d small_scale. The GEMM reads
+// dz_small already multiplied by s (the host does it: s runs along the GEMM's M). 16-bit problems with
+// 16-byte rows run the GEMM on the pipelined kernel of conv_wgrad_tc.cuh.
 // Every sum runs in a fixed order: the result is deterministic and no atomics are used.
 #include <algorithm>
 
-#include "device_common.cuh"
+#include "conv_wgrad_tc.cuh"
 
 namespace adjoined {
 namespace dev {
@@ -49,8 +51,6 @@ __global__ void __launch_bounds__(NT) wgrad_kernel(const __grid_constant__ Wgrad
   const int b_n0 = (tid & 7) * 8;                    // B: 8 input channels
   const int cout0 = tm * BM + a_m0;
   const int cin0 = cbn * BN + b_n0;
-  const T* scale = static_cast<const T*>(p.scale);
-
   T ra[16], rb[8];
   auto load = [&](int kbi) {
     const int bi = kbi < kb1 ? 0 : 1;
@@ -74,7 +74,6 @@ __global__ void __launch_bounds__(NT) wgrad_kernel(const __grid_constant__ Wgrad
       }
     }
     load_run<T, 16>(ra, pa, la, b.vec_dy != 0);
-    if (bi == 1 && scale != nullptr && la > 0) scale_run<T, 16>(ra, scale + cout0, la);
     load_run<T, 8>(rb, pb, lb, b.vec_x != 0);
   };
   auto commit = [&]() {
@@ -193,8 +192,12 @@ void launch_reduce_t(const WgradReduceParams& p, cudaStream_t stream) {
   }
 
 namespace {
+// The pipelined tensor-core kernel where it applies (wgrad_tc_ok), else the general one.
 template <typename T>
 void wgrad_t(const WgradParams& p, cudaStream_t stream) {
+  if constexpr (sizeof(T) == 2) {
+    if (dev::wgrad_tc_ok(p, 2)) return dev::launch_wgrad_tc_t<T>(p, stream);
+  }
   const long long blocks = static_cast<long long>(p.tiles) * p.splits;
   if (blocks <= 0) return;
   dev::launch_kernel(dev::wgrad_kernel<T>, dim3(static_cast<unsigned>(blocks)), dim3(dev::NT), stream, p);

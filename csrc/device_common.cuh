@@ -87,14 +87,6 @@ __device__ __forceinline__ void store_run_smem(T* dst, const T (&r)[L]) {
   }
 }
 
-// Multiply the first min(limit, L) elements by scale[i] (fp32 product, one rounding).
-template <typename T, int L>
-__device__ __forceinline__ void scale_run(T (&r)[L], const T* __restrict__ scale, int limit) {
-#pragma unroll
-  for (int i = 0; i < L; ++i)
-    if (i < limit) r[i] = from_f<T>(to_f<T>(r[i]) * to_f<T>(scale[i]));
-}
-
 // ------------------------------------------------------------------------------------ tile MMA
 // Shared-memory tile layouts. A (BM x BK): K-major As[m*LDA + k] (A_K) or M-major As[k*LDA + m].
 // B (BK x BN): K-major Bs[n*LDB + k] (B_K) or N-major Bs[k*LDB + n]. Staging Cs[m*LDC + n] in fp32.

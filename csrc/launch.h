@@ -60,8 +60,7 @@ struct WgBranch {
 };
 
 struct WgradParams {
-  WgBranch br[2];
-  const void* scale = nullptr;  // small_scale [c_out_s] (scales dz_small) or nullptr
+  WgBranch br[2];               // br[1].dy: dz_small * small_scale
   float* ws = nullptr;          // [splits][C_out][R*S][C_in]
   int C_out = 1, C_in = 1, R = 1, S = 1;
   int sh = 1, sw = 1, ph = 0, pw = 0, dh = 1, dw = 1;
