@@ -22,6 +22,37 @@ struct WgTcLayout {
   static constexpr int SMEM_BYTES = STAGES * STAGE_BYTES > C_BYTES ? STAGES * STAGE_BYTES : C_BYTES;
 };
 
+// (n, p, q) of a thread's K row (an output pixel), advanced by BK rows per K block with carries instead of
+// two divisions by runtime values per block; re-derived by division where a branch's rows start.
+struct PixelRow {
+  int n = 0, op = 0, oq = 0, dn = 0, dp = 0, dq = 0;
+
+  __device__ __forceinline__ void init(int row, int P, int Q) {
+    const int pq = P * Q;
+    n = row / pq;
+    const int rem = row - n * pq;
+    op = rem / Q;
+    oq = rem - op * Q;
+    dn = BK / pq;
+    dp = (BK - dn * pq) / Q;
+    dq = BK - dn * pq - dp * Q;
+  }
+
+  __device__ __forceinline__ void next(int P, int Q) {
+    oq += dq;
+    op += dp;
+    if (oq >= Q) {
+      oq -= Q;
+      ++op;
+    }
+    n += dn;
+    if (op >= P) {
+      op -= P;
+      ++n;
+    }
+  }
+};
+
 template <typename T>
 __global__ void __launch_bounds__(NT, 2) wgrad_tc_kernel(const __grid_constant__ WgradParams p) {
   using L = WgTcLayout;
@@ -58,10 +89,18 @@ __global__ void __launch_bounds__(NT, 2) wgrad_tc_kernel(const __grid_constant__
   const unsigned a_dst = 2 * (k_loc * TC_LDM + (tid & 7) * 16);
   const unsigned b_dst = 2 * (L::A_ELEMS + k_loc * TC_LDN + (tid & 7) * 8);
 
-  auto issue = [&](int kbi, unsigned stage) {  // K block kbi (full branch's first, then the small's)
+  PixelRow px;
+  int px_branch = -1;  // the branch px follows
+  auto issue = [&](int kbi, unsigned stage) {  // K block kbi (full branch's first, then the small's), ascending
     const int bi = kbi < kb1 ? 0 : 1;
     const WgBranch& b = p.br[bi];
     const int row = (kbi - (bi ? kb1 : 0)) * BK + k_loc;
+    if (bi != px_branch) {
+      px.init(row, b.P, b.Q);
+      px_branch = bi;
+    } else {
+      px.next(b.P, b.Q);
+    }
     const bool in_row = row < b.M;
     const T* dy = static_cast<const T*>(b.dy) + (in_row ? static_cast<int64_t>(row) * b.cout : 0);
 #pragma unroll
@@ -72,14 +111,10 @@ __global__ void __launch_bounds__(NT, 2) wgrad_tc_kernel(const __grid_constant__
     const T* x = static_cast<const T*>(b.x);
     int bytes = 0;
     if (in_row && cin0 < b.cin) {
-      const int pq = b.P * b.Q;
-      const int n = row / pq;
-      const int rem = row - n * pq;
-      const int op = rem / b.Q, oq = rem - (rem / b.Q) * b.Q;
-      const int hh = op * p.sh - p.ph + r * p.dh;
-      const int ww = oq * p.sw - p.pw + s * p.dw;
+      const int hh = px.op * p.sh - p.ph + r * p.dh;
+      const int ww = px.oq * p.sw - p.pw + s * p.dw;
       if (hh >= 0 && hh < b.H && ww >= 0 && ww < b.W) {
-        x += ((static_cast<int64_t>(n) * b.H + hh) * b.W + ww) * b.cin + cin0;
+        x += ((static_cast<int64_t>(px.n) * b.H + hh) * b.W + ww) * b.cin + cin0;
         bytes = 16;
       }
     }
