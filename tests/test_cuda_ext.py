@@ -126,6 +126,23 @@ def test_fake_cuda_tensors_shapes_and_formats():
         assert loss.shape == (4,) and loss.dtype == torch.bfloat16 and gf.shape == (4, 7)
 
 
+def test_sm90_sass_tensor_core_conv_kernels():
+    """The pipelined tensor-core conv kernels (fprop/dgrad/wgrad), compiled offline for sm_90 by nvcc: no
+    register spills, and a K loop that copies with cp.async, reads fragments with ldmatrix and multiplies with
+    mma.sync. Runs tools/cuda_sass_report.py --check; needs nvcc, c++filt and a cuobjdump, not a GPU."""
+    nvcc = os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "bin", "nvcc")
+    if not os.access(nvcc, os.X_OK):
+        pytest.skip(f"no nvcc at {nvcc}: cannot compile csrc/ offline")
+    if subprocess.run(["which", "c++filt"], capture_output=True).returncode != 0:
+        pytest.skip("no c++filt to name the kernels")
+    tool = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "cuda_sass_report.py")
+    proc = subprocess.run([sys.executable, tool, "--check"], capture_output=True, text=True, timeout=600)
+    if proc.returncode == 2 and "MISSING:" in proc.stdout:
+        pytest.skip(proc.stdout.strip())
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert "CHECK: ok" in proc.stdout and "rowgemm_tc_kernel" in proc.stdout and "wgrad_tc_kernel" in proc.stdout
+
+
 def test_package_imports_without_extension():
     """With _C unimportable the package still imports, reports no "cuda" backend, and load() says why."""
     code = (
