@@ -8,13 +8,55 @@
 // Every sum runs in a fixed order: the result is deterministic and no atomics are used.
 #include <algorithm>
 
+#include "device_mma.cuh"
+
+namespace adjoined {
+namespace dev {
+
+// Block bid = (tile, split), split-major so that blocks running together share K ranges in L2; tile =
+// (tm over C_out, filter tap, cbn over C_in). Its K blocks [lo, hi): the full branch's first, then, on
+// tiles inside the [:c_out_s, :c_in_s] prefix, the small branch's (kb1 = the full branch's count).
+struct WgTile {
+  int split, tm, cbn, tap, r, s, kb1, lo, hi;
+
+  __device__ __forceinline__ WgTile(const WgradParams& p, int bid) {
+    split = bid / p.tiles;
+    const int tile = bid - split * p.tiles;
+    tm = tile % p.nm;
+    const int rest = tile / p.nm;
+    cbn = rest % p.ncbn;
+    tap = rest / p.ncbn;
+    r = tap / p.S;
+    s = tap - r * p.S;
+    kb1 = p.br[0].kb;
+    const int kbt = kb1 + (tm < p.pm && cbn < p.pcbn ? p.br[1].kb : 0);
+    const int per = (kbt + p.splits - 1) / p.splits;
+    lo = min(kbt, split * per);
+    hi = min(kbt, lo + per);
+  }
+
+  // The finished tile, staged in Cs [BM][ldc] fp32, to its split's workspace slice. Every (tile, split)
+  // writes its whole in-bounds tile, zeros included: the workspace needs no memset.
+  __device__ __forceinline__ void store(const WgradParams& p, const float* Cs, int ldc) const {
+    const int RS = p.R * p.S;
+    float* ws = p.ws + static_cast<int64_t>(split) * p.C_out * RS * p.C_in;
+    for (int idx = threadIdx.x; idx < BM * BN; idx += NT) {
+      const int i = idx / BN, j = idx - (idx / BN) * BN;
+      const int co = tm * BM + i, ci = cbn * BN + j;
+      if (co < p.C_out && ci < p.C_in) ws[(static_cast<int64_t>(co) * RS + tap) * p.C_in + ci] = Cs[i * ldc + j];
+    }
+  }
+};
+
+}  // namespace dev
+}  // namespace adjoined
+
 #include "conv_wgrad_tc.cuh"
 
 namespace adjoined {
 namespace dev {
 
-// Block = (tile, split), split-major so that blocks running together share K ranges in L2.
-// Tile = (tm over C_out, filter tap, cbn over C_in). A = dz^T (M-major runs along C_out),
+// The general GEMM kernel (any channel count, fp32 by FMA). A = dz^T (M-major runs along C_out),
 // B = im2col(x) for the tile's tap (N-major runs along C_in).
 template <typename T>
 __global__ void __launch_bounds__(NT) wgrad_kernel(const __grid_constant__ WgradParams p) {
@@ -28,22 +70,9 @@ __global__ void __launch_bounds__(NT) wgrad_kernel(const __grid_constant__ Wgrad
   T* Bs = As + Lay::A_ELEMS;
   float* Cs = reinterpret_cast<float*>(smem);
 
-  const int bid = static_cast<int>(blockIdx.x);
-  const int split = bid / p.tiles;
-  const int tile = bid - split * p.tiles;
-  if (split >= p.splits) return;  // never happens with the host's grid; whole block exits
-  const int tm = tile % p.nm;
-  const int rest = tile / p.nm;
-  const int cbn = rest % p.ncbn;
-  const int tap = rest / p.ncbn;
-  const int r = tap / p.S, s = tap - (tap / p.S) * p.S;
-  const int RS = p.R * p.S;
-  const bool prefix = tm < p.pm && cbn < p.pcbn;
-  const int kb1 = p.br[0].kb;
-  const int kbt = kb1 + (prefix ? p.br[1].kb : 0);
-  const int per = (kbt + p.splits - 1) / p.splits;
-  const int lo = min(kbt, split * per);
-  const int hi = min(kbt, lo + per);
+  const WgTile t(p, static_cast<int>(blockIdx.x));
+  if (t.split >= p.splits) return;  // never happens with the host's grid; whole block exits
+  const int tm = t.tm, cbn = t.cbn, r = t.r, s = t.s, kb1 = t.kb1, lo = t.lo, hi = t.hi;
 
   const int tid = threadIdx.x;
   const int k_loc = tid >> 3;                        // the K row (N*P*Q index) this thread loads
@@ -98,14 +127,7 @@ __global__ void __launch_bounds__(NT) wgrad_kernel(const __grid_constant__ Wgrad
   }
   acc.store(Cs);
   __syncthreads();
-  // Every (tile, split) writes its whole in-bounds tile, zeros included: the workspace needs no memset.
-  float* ws = p.ws + static_cast<int64_t>(split) * p.C_out * RS * p.C_in;
-  for (int idx = tid; idx < BM * BN; idx += NT) {
-    const int i = idx / BN, j = idx - (idx / BN) * BN;
-    const int co = tm * BM + i, ci = cbn * BN + j;
-    if (co < p.C_out && ci < p.C_in)
-      ws[(static_cast<int64_t>(co) * RS + tap) * p.C_in + ci] = Cs[i * Lay::LDC + j];
-  }
+  t.store(p, Cs, Lay::LDC);
 }
 
 // Per-channel partial sums over row slices: blockDim (32, 8), blockIdx.x = channel block,

@@ -3,7 +3,7 @@
 // ranges and workspace as wgrad_kernel (conv_wgrad.cu), but the tiles go global -> shared by cp.async with
 // zero fill through a 3-stage ring (one barrier per K block), and warps multiply with ldmatrix.trans
 // fragments (both operands are stored major-first: A = dz^T runs along C_out, B = im2col(x) along C_in)
-// and mma.sync m16n8k16. Included by conv_wgrad.cu only.
+// and mma.sync m16n8k16. Included by conv_wgrad.cu only, after its WgTile.
 #pragma once
 
 #include "device_mma.cuh"
@@ -64,22 +64,9 @@ __global__ void __launch_bounds__(NT, 2) wgrad_tc_kernel(const __grid_constant__
 #endif
   float* Cs = reinterpret_cast<float*>(smem);
 
-  // ---- block = (tile, split), split-major; tile = (tm over C_out, filter tap, cbn over C_in)
-  const int bid = static_cast<int>(blockIdx.x);
-  const int split = bid / p.tiles;
-  const int tile = bid - split * p.tiles;
-  if (split >= p.splits) return;  // never happens with the host's grid; whole block exits
-  const int tm = tile % p.nm;
-  const int rest = tile / p.nm;
-  const int cbn = rest % p.ncbn;
-  const int tap = rest / p.ncbn;
-  const int r = tap / p.S, s = tap - (tap / p.S) * p.S;
-  const bool prefix = tm < p.pm && cbn < p.pcbn;
-  const int kb1 = p.br[0].kb;
-  const int kbt = kb1 + (prefix ? p.br[1].kb : 0);
-  const int per = (kbt + p.splits - 1) / p.splits;
-  const int lo = min(kbt, split * per);
-  const int hi = min(kbt, lo + per);
+  const WgTile t(p, static_cast<int>(blockIdx.x));
+  if (t.split >= p.splits) return;  // never happens with the host's grid; whole block exits
+  const int tm = t.tm, cbn = t.cbn, r = t.r, s = t.s, kb1 = t.kb1, lo = t.lo, hi = t.hi;
 
   // ---- per-thread copies of one K row (a pixel): A two 8-channel chunks of dz, B one of x
   const int tid = threadIdx.x;
@@ -144,14 +131,7 @@ __global__ void __launch_bounds__(NT, 2) wgrad_tc_kernel(const __grid_constant__
 
   acc.store(Cs, wm, wn);
   __syncthreads();
-  // Every (tile, split) writes its whole in-bounds tile, zeros included: the workspace needs no memset.
-  const int RS = p.R * p.S;
-  float* ws = p.ws + static_cast<int64_t>(split) * p.C_out * RS * p.C_in;
-  for (int idx = tid; idx < BM * BN; idx += NT) {
-    const int i = idx / BN, j = idx - (idx / BN) * BN;
-    const int co = tm * BM + i, ci = cbn * BN + j;
-    if (co < p.C_out && ci < p.C_in) ws[(static_cast<int64_t>(co) * RS + tap) * p.C_in + ci] = Cs[i * TC_LDC + j];
-  }
+  t.store(p, Cs, TC_LDC);
 }
 
 // Whether the pipelined kernel takes these parameters: 16-bit type, compute capability 8.0+, and every
