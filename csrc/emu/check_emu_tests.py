@@ -6,7 +6,8 @@ namespace, so build it with -DADJ_NS=adjoined (see build_emu.sh: NS=adjoined csr
         .venv/bin/python csrc/emu/check_emu_tests.py build/emu-adjoined/libadjoined_emu.so [--all]
 
 Without --all the large conv cases and the 5000-row loss (slow under emulation) are left out; --conv-from=N / --conv-to=M pick conv
-cases [N, M), --no-conv skips them, --no-loss stops after them.
+cases [N, M), --no-conv skips them, --no-loss stops after them, --dtypes=float16,bfloat16 and --formats=cl
+narrow the conv runs (the large cases take minutes each).
 """
 import os
 import sys
@@ -40,11 +41,15 @@ def run(name, fn, *args):
 
 conv_from = next((int(a.split("=")[1]) for a in sys.argv if a.startswith("--conv-from=")), 0)
 conv_to = next((int(a.split("=")[1]) for a in sys.argv if a.startswith("--conv-to=")), len(t.CONV_CASES))
+dtypes = next((a.split("=")[1].split(",") for a in sys.argv if a.startswith("--dtypes=")), None)
+formats = next((a.split("=")[1].split(",") for a in sys.argv if a.startswith("--formats=")), ["nchw", "cl", "strided"])
 for case in range(conv_from, 0 if "--no-conv" in sys.argv else conv_to):
     if case in SLOW and "--all" not in sys.argv:
         continue
     for dtype in t.DTYPES:
-        for fmt in ("nchw", "cl", "strided"):
+        if dtypes is not None and str(dtype).removeprefix("torch.") not in dtypes:
+            continue
+        for fmt in formats:
             run("conv", t.test_conv_forward_and_grads_vs_float64, case, dtype, fmt)
 if "--no-loss" in sys.argv:
     print("FAILED:", failed if failed else "none")
