@@ -275,6 +275,25 @@ def test_dgrad_wgrad_ops_match_ref(device):
         torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("n,c,c_s,hw", [(3, 5, 2, (9, 9)), (2, 40, 8, (7, 11))], ids=["flat", "tap_major"])
+def test_wgrad_split_k_row_carries(n, c, c_s, hw, device):
+    """wgrad over K-chunks of several BK steps each, with output planes larger and smaller than BK rows
+    (the (n, p, q) carries wrap across images), FLAT and tap-major tiles (the second with C_in >= 32 >
+    c_in_s), small_scale and db, against torch.nn.grad in fp32."""
+    g = torch.Generator().manual_seed(5)
+
+    def r(*shape):
+        return torch.randn(shape, generator=g).to(device)
+
+    xf, xs = r(n, c, *hw), r(n + 1, c_s, hw[0] - 2, hw[1] + 1)
+    dzf, dzs = r(n, 6, *hw), r(n + 1, 3, hw[0] - 2, hw[1] + 1)
+    sc = r(3) + 2.0
+    args = (xf, xs, dzf, dzs, sc, [3, 3], [1, 1], [1, 1], [1, 1], True)
+    with no_tf32():
+        for got, ref in zip(conv2d_wgrad(*args), conv2d_wgrad_ref(*args)):
+            torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-3)
+
+
 @pytest.mark.parametrize("bias,scale", [(True, True), (False, False)])
 def test_opcheck_fprop(bias, scale, device):
     xf, xs, w, b, sc = _op_args(device, requires_grad=True, bias=bias, scale=scale, k=1)
