@@ -85,12 +85,10 @@ bool vec_ok(const at::Tensor& t, int64_t row_elems) {
   return t.numel() == 0 || (row_elems % vec == 0 && aligned16(t.data_ptr()));
 }
 
-// Weight, small_scale and geometry fields of fprop's and dgrad's parameters (after the branches' ncb).
-void set_weight_params(RowGemmParams& p, const at::Tensor& w, const at::Tensor& sc, const ConvArgs& ca,
-                       bool share_weights) {
+// Weight and geometry fields of fprop's and dgrad's parameters (after the branches' ncb).
+void set_weight_params(RowGemmParams& p, const at::Tensor& w, const ConvArgs& ca, bool share_weights) {
   const int64_t C_out = w.size(0), C_in = w.size(1), R = w.size(2), S = w.size(3);
   p.w = w.data_ptr();
-  p.scale = sc.defined() ? sc.data_ptr() : nullptr;
   p.C_out = checked_int(C_out, "C_out");
   p.C_in = checked_int(C_in, "C_in");
   p.R = checked_int(R, "kh");
@@ -172,8 +170,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_fprop_cuda(
     br.ncb = static_cast<int>(cdiv(br.Ka, kConvBK));
     br.vec_a = vec_ok(*xs_[i], ka[i]);
   }
-  set_weight_params(p, w, sc, ca, share_weights);
+  set_weight_params(p, w, ca, share_weights);
   p.bias = b.defined() ? b.data_ptr() : nullptr;
+  p.scale = sc.defined() ? sc.data_ptr() : nullptr;
   set_row_tiles(p, 1, 1);
   launch_conv_fprop(p, dt, ADJ_STREAM(x_full));
   return {zf, zs, us};
@@ -250,8 +249,7 @@ std::tuple<at::Tensor, at::Tensor> conv2d_dgrad_cuda(
     br.vec_a = vec_ok(*a_[i], ka[i]);
     checked_int(a_[i]->numel(), "dz numel");
   }
-  set_weight_params(p, w, at::Tensor(), ca, share_weights);
-  p.bias = nullptr;
+  set_weight_params(p, w, ca, share_weights);  // dgrad: no bias, and dz_small already carries small_scale
   set_row_tiles(p, ca.sh, ca.sw);  // one group of tiles per stride phase class
   launch_conv_dgrad(p, dt, ADJ_STREAM(dz_full));
   return {dxf, dxs};

@@ -8,6 +8,7 @@ low-precision computation, with a floor relative to the reference's magnitude.
 """
 import importlib
 import os
+import shutil
 import subprocess
 import sys
 
@@ -133,7 +134,7 @@ def test_sm90_sass_tensor_core_conv_kernels():
     nvcc = os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "bin", "nvcc")
     if not os.access(nvcc, os.X_OK):
         pytest.skip(f"no nvcc at {nvcc}: cannot compile csrc/ offline")
-    if subprocess.run(["which", "c++filt"], capture_output=True).returncode != 0:
+    if shutil.which("c++filt") is None:
         pytest.skip("no c++filt to name the kernels")
     tool = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "cuda_sass_report.py")
     proc = subprocess.run([sys.executable, tool, "--check"], capture_output=True, text=True, timeout=600)
