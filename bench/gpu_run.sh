@@ -97,7 +97,7 @@ sanitizer() {  # $@: tools
         python3 csrc/tests/sanitizer_run.py --only "$x" > "$f" 2>&1
       r=$?
       [ $r -eq 0 ] || rc=1
-      log "sanitizer $tool $x: rc=$r; $(grep -m1 'ERROR SUMMARY' "$f"); $(grep -m1 'wrong results' "$f")"
+      log "sanitizer $tool $x: rc=$r; $(grep -m1 -E '(ERROR|RACECHECK) SUMMARY' "$f"); $(grep -m1 'wrong results' "$f")"
     done
   done
   return $rc

@@ -133,18 +133,28 @@ def _rcp(x, FAST: tl.constexpr):
 
 
 @_jit
+def _opaque_zero(key):
+    """``key - key`` in fp32: 0 for finite key (NaN otherwise), computed on the GPU, never folded. In inline
+    asm with ``.rn`` because a plain subtraction may be contracted with the multiply that produced ``key``
+    into an FMA, which returns that product's rounding error, not 0 (it did: garbage 16-bit unpacking and
+    wrong gradients for eps > 0, on an H100)."""
+    return tl.inline_asm_elementwise("sub.rn.f32 $0, $1, $1;", "=r,r", [key], dtype=tl.float32, is_pure=True,
+                                     pack=1)
+
+
+@_jit
 def _f32(v, key, FAST: tl.constexpr):
     """fp32 values of one part of a row held in its storage dtype, for one phase of the register path.
 
-    ``key`` (broadcastable to ``v``) comes from the previous part's or phase's results, and ``key - key``
-    is a 0 that no compiler may fold (it is NaN for infinite key). Mixing it in makes every unpacking a new
+    ``key`` (broadcastable to ``v``) comes from the previous part's or phase's results, and
+    ``_opaque_zero(key)`` is a 0 that no compiler may fold. Mixing it in makes every unpacking a new
     computation that waits for that result: nothing merges two phases' unpacking into one fp32 copy of
     the row (live across the reductions), and ptxas cannot hoist a part's work above the previous part's
     (interleaved parts spill). 16-bit pairs are unpacked from their 32-bit register by inline asm, with the
     0 in the shift amount and the mask (no extra instruction per class); fp32 adds it (one FADD).
     """
     if FAST:
-        zero = key - key
+        zero = _opaque_zero(key)
         if v.dtype == tl.bfloat16:
             z = zero.to(tl.int32, bitcast=True)
             return tl.inline_asm_elementwise("{ shl.b32 $0, $2, $3; and.b32 $1, $2, $5; }", "=r,=r,r,r,r,r,r",
