@@ -7,10 +7,7 @@ and NaN-poisons every output buffer); with one, the same tests run on CUDA, plus
 from __future__ import annotations
 
 import contextlib
-import os
 import random
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -362,32 +359,13 @@ def test_autotune_prune_keeps_configs_that_fit():
     assert all(bn == 64 for _, bn, _ in tiles(prune(space, dict(bf16, dims=(1 << 16, 64, 2304)), SHARE=False)))
 
 
-def _sm90_toolchain_missing():
-    """Why the offline sm_90 compile of tools/conv_sass_report.py cannot run here, or None."""
-    import triton
-    bin_dir = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
-    for tool in ("ptxas", "cuobjdump"):
-        path = os.path.join(bin_dir, tool)
-        if not os.access(path, os.X_OK):
-            return f"triton ships no {tool} ({path}): cannot compile for sm_90 offline"
-        if subprocess.run([path, "--version"], capture_output=True).returncode != 0:
-            return f"{path} does not run here"
-    return None
-
-
-def test_sm90_sass_wgmma_not_serialised():
+def test_sm90_sass_wgmma_not_serialised(sm90_tool):
     """fprop, dgrad (weight sharing on and off) and wgrad, compiled offline for sm_90 (bf16, 64x64x32 tiles, a
     ResNet-50 layer-3 3x3 shape): ptxas must not serialise the wgmmas (C7515: an accumulator reaching an MMA
     through a control-flow merge), spill, or divide inside a K loop. Runs tools/conv_sass_report.py --check
     in a subprocess, without TRITON_INTERPRET; no GPU needed."""
-    reason = _sm90_toolchain_missing()
-    if reason:
-        pytest.skip(reason)
-    tool = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "conv_sass_report.py")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, tool, "--pass", "fprop", "--pass", "dgrad", "--pass", "wgrad",
-                           "--share", "both", "--shape", "l3-3x3", "--config", "64,64,32,4,3", "--check"],
-                          env=env, capture_output=True, text=True, timeout=300)
+    proc = sm90_tool("conv_sass_report.py", "--pass", "fprop", "--pass", "dgrad", "--pass", "wgrad", "--share", "both",
+                     "--shape", "l3-3x3", "--config", "64,64,32,4,3", "--check")
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert "CHECK: ok" in proc.stdout
 

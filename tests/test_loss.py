@@ -462,3 +462,14 @@ def test_cuda_graph_capture_and_replay():
     ref = _run(adjoined_loss_ref, lf.double(), ls.double(), t, 0.9, torch.tensor(1.0, dtype=torch.float64,
                                                                                    device="cuda"))
     _check((loss.detach(), a.grad, b.grad), ref, ref, torch.float32)
+
+
+def test_sm90_register_path_unpacks_on_an_exact_zero(sm90_tool):
+    """The register path's 16-bit unpacking, compiled offline for sm_90 (both dtypes, eps on and off, T == 1
+    and not, a short and a 32K row): every unpack must be keyed on ``sub.rn.f32 z, k, k``. A plain
+    ``key - key`` was contracted into an FMA when key was a product, and the rounding error it left garbled
+    the gradients on an H100 (bench/results/2026-11-23-H100-run2-tests-loss-partial.log). Runs
+    tools/loss_ptxas_report.py --check, without TRITON_INTERPRET; no GPU needed."""
+    proc = sm90_tool("loss_ptxas_report.py", "--check")
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert "CHECK: ok" in proc.stdout

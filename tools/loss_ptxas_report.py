@@ -11,6 +11,7 @@ compiler figures, not GPU timings. With another Triton on sys.path first, it rep
     python tools/loss_ptxas_report.py                      # the figures in adjoined_kernels/ops/adjoined_loss.py
     python tools/loss_ptxas_report.py --all                # also fp16, and other chunk sizes / warps
     python tools/loss_ptxas_report.py --one bf16 32768 1e-6 2 [--warps W] [--chunk N] [--maxnreg R]
+    python tools/loss_ptxas_report.py --check              # the register path's unpacking invariant (PTX)
 
 Run it without TRITON_INTERPRET (it is removed here, before triton is imported).
 """
@@ -80,16 +81,21 @@ def _counts(lines):
                 stg=n(r"\bSTG\."), spill=n(r"\b(LDL|STL)\b"))
 
 
-def compile_stats(kernel, dtype, constexprs, num_warps, maxnreg):
-    """Registers, spill bytes (Triton's own ptxas -v log), shared memory, and SASS counts of one
-    specialisation for sm_90."""
+def _compile(kernel, dtype, constexprs, num_warps, maxnreg):
+    """(compiled kernel, Triton's ptxas -v log) of one specialisation for sm_90."""
     sig, attrs = _signature(kernel, dtype, constexprs)
     src = ASTSource(fn=kernel, signature=sig, constexprs=constexprs, attrs=attrs)
     log = io.StringIO()
     with contextlib.redirect_stdout(log):
         comp = triton.compile(src, target=GPUTarget("cuda", 90, 32),
                               options={"num_warps": num_warps, "maxnreg": maxnreg})
-    log = log.getvalue()
+    return comp, log.getvalue()
+
+
+def compile_stats(kernel, dtype, constexprs, num_warps, maxnreg):
+    """Registers, spill bytes (Triton's own ptxas -v log), shared memory, and SASS counts of one
+    specialisation for sm_90."""
+    comp, log = _compile(kernel, dtype, constexprs, num_warps, maxnreg)
     with tempfile.TemporaryDirectory() as d:
         cubin = os.path.join(d, "k.cubin")
         with open(cubin, "wb") as f:
@@ -127,6 +133,61 @@ def case(dtype, C, eps, T, warps=None, chunk=None, inplace=False, maxnreg=None, 
     return path, compile_stats(kernel, dtype, const, warps, maxnreg or L.MAXNREG), warps, per
 
 
+_DEF = re.compile(r"^\s*(?:\{\s*)?([a-z][\w.]*)\s+(%r\d+),\s*([^;]*);")
+_UNPACK = {"bf16": re.compile(r"shl\.b32 %r\d+, %r\d+, (%r\d+); and\.b32 %r\d+, %r\d+, (%r\d+);"),
+           "fp16": re.compile(r"xor\.b32 t, %r\d+, (%r\d+);")}
+
+
+def unpack_zero_faults(ptx: str, dtype: str) -> tuple[int, list[str]]:
+    """Check the register path's 16-bit unpacking in PTX: each unpack's extra operands must come from
+    ``sub.rn.f32 z, k, k`` (bf16: through ``add.s32 .., z, 16`` and ``add.s32 .., z, -65536``), i.e. an exact
+    0 (``_opaque_zero``). A contracted ``key - key`` (an FMA) leaves a rounding error there, which garbles the
+    unpacking. Returns (unpack sites seen, faults)."""
+    defs = {}
+    for line in ptx.splitlines():
+        m = _DEF.match(line)
+        if m:
+            defs[m.group(2)] = (m.group(1), [o.strip() for o in m.group(3).split(",")])
+
+    def exact_zero(reg):
+        op, args = defs.get(reg, ("?", []))
+        return op == "sub.rn.f32" and len(args) == 2 and args[0] == args[1]
+
+    def from_zero(reg, offset):
+        op, args = defs.get(reg, ("?", []))
+        return op == "add.s32" and len(args) == 2 and args[1] == offset and exact_zero(args[0])
+
+    sites, faults = 0, []
+    for m in _UNPACK[dtype].finditer(ptx):
+        sites += 1
+        ok = (from_zero(m.group(1), "16") and from_zero(m.group(2), "-65536") if dtype == "bf16"
+              else exact_zero(m.group(1)))
+        if not ok:
+            faults.append(m.group(0) + "  <- " + "; ".join(f"{r} = {defs.get(r)}" for r in m.groups()))
+    return sites, faults
+
+
+def check_unpacking() -> int:
+    """``--check``: the unpacking invariant on register-path specialisations (both 16-bit dtypes, eps on and
+    off, T == 1 and not, one short row and one of 32K classes). Prints a line per case; 0 when all pass."""
+    bad = 0
+    for dtype in ("bf16", "fp16"):
+        for C in (37, 32768):
+            for eps, T in ((1e-6, 1.0), (1e-6, 2.0), (0.0, 1.0)):
+                kernel, r, v, warps = L._plan(C, ESIZE[dtype], L.MAX_BLOCK)
+                const = dict(BASE, R=r, V=v, EPS_POS=eps > 0, T_ONE=T == 1.0)
+                comp, _ = _compile(kernel, dtype, const, warps, L.MAXNREG)
+                sites, faults = unpack_zero_faults(comp.asm["ptx"], dtype)
+                ok = sites > 0 and not faults
+                bad += not ok
+                print(f"{'ok  ' if ok else 'FAIL'} {dtype} C={C} eps={eps:g} T={T:g}: {sites} unpack sites, "
+                      f"{len(faults)} not keyed on an exact 0", flush=True)
+                for f in faults[:3]:
+                    print("  " + f)
+    print("CHECK: ok" if not bad else f"CHECK: {bad} case(s) failed")
+    return 1 if bad else 0
+
+
 def report(dtype, C, eps, T, note="", **kw):
     path, s, warps, per = case(dtype, C, eps, T, **kw)
     head = (f"{path:5s} {dtype:4s} C={C:6d} eps={eps:<5g} T={T:<3g} warps={warps:2d} "
@@ -149,11 +210,14 @@ def main(argv=None):
     ap.add_argument("--warps", type=int, help="with --one: override num_warps")
     ap.add_argument("--chunk", type=int, help="with --one: override CHUNK")
     ap.add_argument("--maxnreg", type=int, help="with --one: override MAXNREG")
+    ap.add_argument("--check", action="store_true", help="check the 16-bit unpacking invariant; exit 1 on failure")
     a = ap.parse_args(argv)
     ptxas = subprocess.run([os.path.join(BIN, "ptxas"), "--version"], capture_output=True, text=True,
                            check=True).stdout
     print(f"triton {triton.__version__}, sm_90, {ptxas.strip().splitlines()[-1]}; MAX_BLOCK={L.MAX_BLOCK} "
           f"CHUNK={L.CHUNK} CHUNK_WARPS={L.CHUNK_WARPS} MAXNREG={L.MAXNREG}", flush=True)
+    if a.check:
+        return check_unpacking()
     if a.one:
         d, n, e, t = a.one
         report(d, int(n), float(e), float(t), warps=a.warps, chunk=a.chunk, maxnreg=a.maxnreg)
@@ -178,4 +242,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
