@@ -43,7 +43,7 @@ BATCHES = (32, 256)
 ALPHAS = (2, 4, 8, 16)
 BYTES = 2  # bf16
 FIELDS = ["kernel", "provider", "mode", "suite", "shape", "cin", "cout", "cin_s", "cout_s", "k", "stride", "hw",
-          "alpha", "dtype", "N", "ms_p20", "ms_p50", "ms_p80", "tflops", "pct_peak_tflops", "roofline_ms",
+          "alpha", "dtype", "N", "ms_p20", "ms_p50", "ms_p80", "gpu_ms", "tflops", "pct_peak_tflops", "roofline_ms",
           "pct_roofline", "speedup_vs_cudnn", "speedup_vs_authors", "speedup_vs_compile", "timing", "max_rel_err",
           "correct", "error", "peak_mem_MB", "peak_tflops_measured", "peak_gbps_measured", "gpu_name", "torch",
           "triton", "git_sha", "timestamp"]
@@ -323,6 +323,7 @@ def make_row(job: Job, mode: str, prov: str, t: Timing | None, err: float, ok: b
     return dict(kernel="adjoined_conv2d", provider=prov, mode=mode, suite=s.suite, shape=s.name, cin=s.cin,
                 cout=s.cout, cin_s=s.cin_s, cout_s=s.cout_s, k=s.k, stride=s.stride, hw=s.hw, alpha=job.alpha,
                 dtype="bf16", N=n, ms_p20=t.p20 if t else NAN, ms_p50=p50, ms_p80=t.p80 if t else NAN,
+                gpu_ms=t.gpu_ms if t else NAN,
                 tflops=tflops, pct_peak_tflops=100 * tflops / peaks["peak_tflops"], roofline_ms=roof_ms,
                 pct_roofline=100 * roof_ms / p50 if t else NAN, speedup_vs_cudnn=ratio(base.get("cudnn2"), p50),
                 speedup_vs_authors=ratio(base.get("authors"), p50),

@@ -32,8 +32,8 @@ FUSED = ("triton", "cuda")  # one kernel computes the loss and both gradients in
 BATCHES = (256, 4096)
 CLASSES = (10, 100, 1000, 32000, 128000)
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-FIELDS = ["kernel", "provider", "mode", "shape", "alpha", "dtype", "N", "C", "ms_p20", "ms_p50", "ms_p80", "gbps",
-          "pct_peak_bw", "speedup_vs_eager", "speedup_vs_compile", "timing", "max_rel_err", "correct", "error",
+FIELDS = ["kernel", "provider", "mode", "shape", "alpha", "dtype", "N", "C", "ms_p20", "ms_p50", "ms_p80", "gpu_ms",
+          "gbps", "pct_peak_bw", "speedup_vs_eager", "speedup_vs_compile", "timing", "max_rel_err", "correct", "error",
           "peak_mem_MB", "peak_gbps_measured", "gpu_name", "torch", "triton", "git_sha", "timestamp"]
 
 
@@ -94,7 +94,8 @@ class LossBench:
         p50 = t.p50 if t else NAN
         gbps = loss_bytes(b, c, elem) / p50 / 1e6 if t else NAN
         return dict(kernel="adjoined_loss", provider=prov, mode=mode, shape=f"{b}x{c}", alpha="", dtype=self.dtype,
-                    N=b, C=c, ms_p20=t.p20 if t else NAN, ms_p50=p50, ms_p80=t.p80 if t else NAN, gbps=gbps,
+                    N=b, C=c, ms_p20=t.p20 if t else NAN, ms_p50=p50, ms_p80=t.p80 if t else NAN,
+                    gpu_ms=t.gpu_ms if t else NAN, gbps=gbps,
                     pct_peak_bw=100 * gbps / self.peaks["peak_gbps"], speedup_vs_eager=ratio(base.get("eager"), p50),
                     speedup_vs_compile=ratio(base.get("compile"), p50), timing=t.method if t else "",
                     max_rel_err=err, correct=ok, error=error, peak_mem_MB=t.peak_mem_MB if t else NAN,

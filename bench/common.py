@@ -37,6 +37,19 @@ class Timing:
     p80: float
     method: str
     peak_mem_MB: float
+    gpu_ms: float = NAN  # one call's GPU time by CUDA-graph replay (no host overhead); NaN if not capturable
+
+
+def graph_gpu_ms(fn, graph_ok: bool) -> float:
+    """:func:`graph_ms` of ``fn``, or NaN when graphs are not allowed or the capture fails. Beside a do_bench
+    p50 it tells host-bound calls (p50 >> gpu_ms) from slow kernels."""
+    if not graph_ok:
+        return NAN
+    try:
+        return graph_ms(fn)
+    except Exception:
+        torch.cuda.synchronize()
+        return NAN
 
 
 def estimate_ms(fn, iters: int = 5) -> float:
@@ -115,13 +128,13 @@ def time_fn(fn, graph_ok: bool = True, method: str | None = None) -> Timing:
     if method == "cudagraph":
         try:
             p50, p20, p80 = triton.testing.do_bench_cudagraph(fn, rep=100, quantiles=QUANTILES)
-            return Timing(p20, p50, p80, method, mem)
+            return Timing(p20, p50, p80, method, mem, p50)
         except Exception as e:  # capture refuses host syncs and some allocator paths: time it eagerly
             print(f"  graph capture failed ({type(e).__name__}: {str(e)[:120]}), timing eagerly", flush=True)
             torch.cuda.synchronize()
             method = "do_bench (capture failed)"
     p50, p20, p80 = triton.testing.do_bench(fn, warmup=25, rep=100, quantiles=QUANTILES)
-    return Timing(p20, p50, p80, method, mem)
+    return Timing(p20, p50, p80, method, mem, graph_gpu_ms(fn, graph_ok and method == "do_bench"))
 
 
 def peak_rates() -> dict:

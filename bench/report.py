@@ -123,6 +123,23 @@ def conv_mode_table(rows) -> list[str]:
     return out + [""]
 
 
+def conv_host_table(rows) -> list[str]:
+    """Where do_bench timed a step, its p50 over the step's GPU time by graph replay (``gpu_ms``), geomean over
+    shapes: near 1 the kernels bind, well above 1 the host (launches, Python) does. Empty for CSVs without
+    that column."""
+    acc = defaultdict(list)
+    for r in rows:
+        ratio = fl(r.get("ms_p50")) / fl(r.get("gpu_ms"))
+        if r.get("timing") == "do_bench" and math.isfinite(ratio):
+            acc[(r["mode"], int(r["N"]), r["provider"])].append(ratio)
+    if not acc:
+        return []
+    out = ["#### Host overhead: do_bench p50 / GPU time by graph replay (geomean over shapes)", "",
+           "| mode | N | provider | shapes | p50 / gpu_ms |", "|---|---|---|---|---|"]
+    out += [f"| {m} | {n} | {p} | {len(v)} | {fmt(geomean(v))} |" for (m, n, p), v in sorted(acc.items())]
+    return out + [""]
+
+
 def plot_conv(rows, png):
     import matplotlib
     matplotlib.use("Agg")
@@ -156,7 +173,7 @@ def conv_section(path, md_dir, plots=True):
     out = [f"### Fused adjoined conv: `{os.path.basename(path)}`",
            f"{r0['gpu_name']}, torch {r0['torch']}, triton {r0['triton']}, git {r0['git_sha']}, bf16 channels_last; "
            f"{len(rows)} rows.", ""]
-    out += conv_target_table(rows) + conv_mode_table(rows)
+    out += conv_target_table(rows) + conv_mode_table(rows) + conv_host_table(rows)
     if plots and any(r["mode"] == "full" for r in rows):
         png = path[:-len(".csv")] + ".png"
         plot_conv(rows, png)

@@ -237,6 +237,19 @@ def test_shared_timing_uses_the_fastest_providers_gpu_time(monkeypatch):
     assert common.shared_timing([lambda: "c"]) == "cudagraph"
 
 
+def test_graph_gpu_ms_is_nan_when_not_captured(monkeypatch):
+    """The GPU time recorded beside a do_bench p50: the graph replay's, else NaN (never a made-up figure)."""
+    def graph_ms(fn):
+        if fn() == "refused":
+            raise RuntimeError("capture refused")
+        return 0.25
+    monkeypatch.setattr(common, "graph_ms", graph_ms)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    assert common.graph_gpu_ms(lambda: "ok", graph_ok=True) == 0.25
+    assert math.isnan(common.graph_gpu_ms(lambda: "ok", graph_ok=False))
+    assert math.isnan(common.graph_gpu_ms(lambda: "refused", graph_ok=True))
+
+
 def test_conv_job_checks_providers_and_records_failures(tmp_path, monkeypatch):
     calls, picks = [], []
     monkeypatch.setattr(bench_conv, "time_fn", _fake_time_fn(calls))
@@ -298,7 +311,9 @@ def test_report_tables_and_geomeans(tmp_path):
     base = dict(kernel="adjoined_conv2d", suite="resnet50", mode="full", alpha=2, dtype="bf16", N=32,
                 correct=True, error="", **META)
     times = {"cudnn2": (1.0, 2.0), "authors": (3.0, 2.0), "triton": (0.5, 4.0), "cuda": (float("nan"),) * 2}
-    conv = [dict(base, provider=p, shape=f"s{i}", ms_p50=t[i], correct=math.isfinite(t[i]))
+    gpu = {"cudnn2": (0.5, 2.0), "triton": (0.25, 0.5)}  # triton's p50 / gpu_ms: 2 and 8, geomean 4
+    conv = [dict(base, provider=p, shape=f"s{i}", ms_p50=t[i], correct=math.isfinite(t[i]), timing="do_bench",
+                 gpu_ms=gpu.get(p, ("",) * 2)[i])
             for p, t in times.items() for i in range(2)]
     _write(tmp_path / "2030-01-01-X-conv.csv", bench_conv.FIELDS, conv)
     lbase = dict(kernel="adjoined_loss", mode="full", dtype="bf16", N=256, peak_gbps_measured=3000, **META)
@@ -316,6 +331,8 @@ def test_report_tables_and_geomeans(tmp_path):
     assert "| 32 | 2 | triton | 2 | 1.00 | 1.73 | - | 2/2 | cudnn2 >= 1.00: met; authors >= 1.30: met |" in text
     assert "| 32 | 2 | cuda | 0 | - | - | - | 0/2 |  |" in text
     assert "| resnet50 | full | 32 | 2 | 0.58 | - | 1.00 |" in text  # columns: authors, cuda, triton
+    assert "| full | 32 | triton | 2 | 4.00 |" in text and "| full | 32 | cudnn2 | 2 | 1.41 |" in text
+    assert "| full | 32 | authors |" not in text  # no GPU time recorded: left out
     assert "| triton, full | 4.00 | 2 |" in text  # loss geomean of 2x and 8x
     assert "| 256 | adjoined-triton | 800 |" in text and "| 0.80 |" in text
     assert "Headline, adjoined over standard images/s: N=256: 0.80x (adjoined-triton)." in text
