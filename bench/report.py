@@ -190,13 +190,17 @@ def loss_section(path, md_dir, plots=True):
            f"{r0['gpu_name']}, torch {r0['torch']}, triton {r0['triton']}, {r0['dtype']}, measured copy peak "
            f"{fl(r0['peak_gbps_measured']):.0f} GB/s.", "",
            "Mode full: forward + autograd.grad, as a training step gets them; mode kernel: the fused forward "
-           "alone, which already writes both gradients (the bandwidth target's figure).", "",
-           "| B | C | provider | mode | ms p50 [p20, p80] | GB/s | % peak BW | vs eager | vs compile | timing | note |",
-           "|---|---|---|---|---|---|---|---|---|---|---|"]
+           "alone, which already writes both gradients (the bandwidth target's figure). GPU ms: one call "
+           "replayed from a CUDA graph (no host overhead; recorded beside do_bench timings from commit c54da56 "
+           "on), and the GB/s at that time.", "",
+           "| B | C | provider | mode | ms p50 [p20, p80] | GB/s | % peak BW | GPU ms | GB/s at GPU ms | vs eager | "
+           "vs compile | timing | note |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        gpu = fl(r.get("gpu_ms"))
         out.append(f"| {r['N']} | {r['C']} | {r['provider']} | {r.get('mode', 'full')} | "
                    f"{fmt(fl(r['ms_p50']), 4)} [{fmt(fl(r['ms_p20']), 4)}, "
                    f"{fmt(fl(r['ms_p80']), 4)}] | {fmt(fl(r['gbps']), 0)} | {fmt(fl(r['pct_peak_bw']), 0)} | "
+                   f"{fmt(gpu, 4)} | {fmt(fl(r['gbps']) * fl(r['ms_p50']) / gpu, 0)} | "
                    f"{fmt(fl(r['speedup_vs_eager']))} | {fmt(fl(r['speedup_vs_compile']))} | {r['timing']} | "
                    f"{r.get('error', '')} |")
     by_prov = defaultdict(list)

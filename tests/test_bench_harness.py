@@ -318,8 +318,8 @@ def test_report_tables_and_geomeans(tmp_path):
     _write(tmp_path / "2030-01-01-X-conv.csv", bench_conv.FIELDS, conv)
     lbase = dict(kernel="adjoined_loss", mode="full", dtype="bf16", N=256, peak_gbps_measured=3000, **META)
     loss = [dict(lbase, provider="eager", C=c, shape=f"256x{c}", ms_p50=1.0, speedup_vs_eager=1.0) for c in (10, 100)]
-    loss += [dict(lbase, provider="triton", C=c, shape=f"256x{c}", ms_p50=1 / s, speedup_vs_eager=s)
-             for c, s in ((10, 2.0), (100, 8.0))]
+    loss += [dict(lbase, provider="triton", C=c, shape=f"256x{c}", ms_p50=1 / s, speedup_vs_eager=s, gbps=100.0,
+                  gpu_ms=0.25 / s) for c, s in ((10, 2.0), (100, 8.0))]
     _write(tmp_path / "2030-01-01-X-loss.csv", bench_loss.FIELDS, loss)
     ebase = dict(kernel="t", mode="train", shape="224px", alpha=4, dtype="bf16-autocast", N=256, steps=20,
                  finite=True, error="", **META)
@@ -334,6 +334,7 @@ def test_report_tables_and_geomeans(tmp_path):
     assert "| full | 32 | triton | 2 | 4.00 |" in text and "| full | 32 | cudnn2 | 2 | 1.41 |" in text
     assert "| full | 32 | authors |" not in text  # no GPU time recorded: left out
     assert "| triton, full | 4.00 | 2 |" in text  # loss geomean of 2x and 8x
+    assert "| 0.1250 | 400 |" in text  # GPU ms by graph replay, and the GB/s at it (4x the p50's 100)
     assert "| 256 | adjoined-triton | 800 |" in text and "| 0.80 |" in text
     assert "Headline, adjoined over standard images/s: N=256: 0.80x (adjoined-triton)." in text
     assert open(tmp_path / "RESULTS.md").read() == text
