@@ -5,6 +5,9 @@ with momentum; N in {64, 256}. Variants:
   standard            export_full(model): the full network alone, cross-entropy only (the baseline)
   adjoined-<backend>  the adjoined model and loss on each available backend (reference, triton, cuda)
   authors             the authors' masked form (bench/authors.py) with the eager adjoined loss
+  <variant>-graph     standard and adjoined-<backend> with the whole step (forward, loss, backward, SGD)
+                      captured once in a CUDA graph and replayed (PyTorch's whole-network capture): the step
+                      without host launch overhead, compared with standard-graph
 Each variant warms up (compile, autotune), then a fixed number of steps is timed with CUDA events; the loss must
 stay finite. images/s counts input images (each trains both branches in the adjoined variants); the headline
 is adjoined over standard images/s. Rows are appended as measured; work stops when --budget-s is spent.
@@ -35,15 +38,51 @@ FIELDS = ["kernel", "provider", "mode", "shape", "alpha", "dtype", "N", "steps",
           "gpu_name", "torch", "triton", "git_sha", "timestamp"]
 
 
+GRAPH = "-graph"
+
+
 def variants(backends) -> list[str]:
-    """Measuring order: the baseline first, then the fused backends (the headline), then the slower forms."""
-    return ["standard"] + [f"adjoined-{b}" for b in BACKENDS if b in backends] + ["authors"]
+    """Measuring order: the baseline first, then the fused backends (the headline), the same in CUDA graphs,
+    then the slower forms."""
+    eager = ["standard"] + [f"adjoined-{b}" for b in BACKENDS if b in backends]
+    return eager + [v + GRAPH for v in eager] + ["authors"]
+
+
+def parse_variant(variant: str) -> tuple[str, str, bool]:
+    """(variant without the graph suffix, backend of the adjoined ops, whether the step is CUDA-graphed)."""
+    graph = variant.endswith(GRAPH)
+    base = variant[:-len(GRAPH)] if graph else variant
+    return base, base.split("-", 1)[1] if base.startswith("adjoined-") else "reference", graph
+
+
+def graphed(step, warmup: int = 3):
+    """``step`` captured once in a CUDA graph; the returned closure replays it and returns a copy of the loss.
+    Warm-up runs on a side stream first (autotuning, cudnn.benchmark, the optimizer's momentum buffers), as
+    torch.cuda.graph requires; inputs, parameters and optimizer state stay at fixed addresses."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        loss = step()
+
+    def replay():
+        graph.replay()
+        return loss.clone()
+    return replay
 
 
 def make_step(variant: str, n: int, device="cuda", model=MODEL, alpha=ALPHA, lr=0.01):
-    """A closure running one SGD training step of ``variant`` on a fixed synthetic batch; returns the loss."""
+    """A closure running one SGD training step of ``variant`` on a fixed synthetic batch; returns the loss.
+
+    Raises ValueError for a ``-graph`` variant on a device other than CUDA."""
     build, kwargs, hw = model
-    backend = variant.split("-", 1)[1] if variant.startswith("adjoined-") else "reference"
+    variant, backend, graph = parse_variant(variant)
+    if graph and torch.device(device).type != "cuda":
+        raise ValueError(f"the {GRAPH} variants capture CUDA graphs: device must be cuda, got {device}")
     torch.manual_seed(0)
     adjoined = build(alpha=alpha, backend=backend, **kwargs)
     if variant == "standard":
@@ -60,14 +99,15 @@ def make_step(variant: str, n: int, device="cuda", model=MODEL, alpha=ALPHA, lr=
 
     def step():
         opt.zero_grad(set_to_none=True)
-        with torch.autocast(device, dtype=torch.bfloat16):
+        # autocast's weight-cast cache must be off inside a graph capture (torch.cuda.graph docs)
+        with torch.autocast(device, dtype=torch.bfloat16, cache_enabled=not graph):
             out = net(x)
             loss = F.cross_entropy(out, y) if variant == "standard" else \
                 ak.adjoined_loss(*out, y, LAM, backend=loss_backend)
         loss.backward()
         opt.step()
         return loss.detach()
-    return step
+    return graphed(step) if graph else step
 
 
 def time_steps(step, warmup: int, steps: int) -> dict:
@@ -93,7 +133,7 @@ def time_steps(step, warmup: int, steps: int) -> dict:
 class E2EBench:
     def __init__(self, out: str, warmup: int, steps: int, meta: dict):
         self.csv, self.warmup, self.steps, self.meta = CsvWriter(out, FIELDS), warmup, steps, meta
-        self.standard: dict[int, float] = {}
+        self.standard: dict[tuple[int, bool], float] = {}  # (N, graphed) -> standard's images/s
 
     def run(self, job) -> None:
         variant, n = job
@@ -107,19 +147,20 @@ class E2EBench:
         finite = bool(res) and math.isfinite(res["loss_first"]) and math.isfinite(res["loss_last"])
         if res and not finite:
             error = "loss not finite"
-        if variant == "standard":
-            self.standard[n] = ips
+        base, _, graph = parse_variant(variant)
+        if base == "standard":
+            self.standard[(n, graph)] = ips
         self.csv.write(dict(kernel="resnet50_train_step", provider=variant, mode="train", shape="224px",
                             alpha=ALPHA, dtype="bf16-autocast", N=n, steps=self.steps,
                             ms_p20=res.get("ms_p20", NAN), ms_p50=res.get("ms_p50", NAN),
                             ms_p80=res.get("ms_p80", NAN), images_per_s=ips,
-                            speedup_vs_standard=ratio(ips, self.standard.get(n)),  # a throughput ratio
+                            speedup_vs_standard=ratio(ips, self.standard.get((n, graph))),  # like for like
                             peak_mem_MB=res.get("peak_mem_MB", NAN), loss_first=res.get("loss_first", NAN),
                             loss_last=res.get("loss_last", NAN), finite=finite, error=error, **self.meta,
                             timestamp=now()))
         summary = (f"{ips:8.0f} img/s  p50 {res['ms_p50']:.1f} ms/step  peak {res['peak_mem_MB'] / 1024:.1f} GiB"
                    if res else error)
-        print(f"N={n:3d} {variant:18s} {summary}", flush=True)
+        print(f"N={n:3d} {variant:22s} {summary}", flush=True)
 
 
 def parse_args(argv=None):

@@ -134,7 +134,7 @@ for phase in "${phases[@]}"; do
     sanitizer-racecheck) sanitizer racecheck ;;
     bench-conv) bench_phase conv 540 ;;
     bench-loss) bench_phase loss 200 ;;
-    bench-e2e) bench_phase e2e 240 ;;
+    bench-e2e) bench_phase e2e 480 ;;
     *) echo "unknown phase $phase"; false ;;
   esac
   rc=$?

@@ -325,7 +325,9 @@ def test_report_tables_and_geomeans(tmp_path):
                  finite=True, error="", **META)
     _write(tmp_path / "2030-01-01-X-e2e.csv", bench_e2e.FIELDS,
            [dict(ebase, provider="standard", images_per_s=1000, speedup_vs_standard=1.0),
-            dict(ebase, provider="adjoined-triton", images_per_s=800, speedup_vs_standard=0.8)])
+            dict(ebase, provider="adjoined-triton", images_per_s=800, speedup_vs_standard=0.8),
+            dict(ebase, provider="standard-graph", images_per_s=1100, speedup_vs_standard=1.0),
+            dict(ebase, provider="adjoined-cuda-graph", images_per_s=990, speedup_vs_standard=0.9)])
     text = report.build_report(str(tmp_path), str(tmp_path / "RESULTS.md"), plots=False)
     # triton vs cudnn2: sqrt(1/0.5 * 2/4) = 1.00; vs authors: sqrt(3/0.5 * 2/4) = 1.73
     assert "| 32 | 2 | triton | 2 | 1.00 | 1.73 | - | 2/2 | cudnn2 >= 1.00: met; authors >= 1.30: met |" in text
@@ -337,6 +339,7 @@ def test_report_tables_and_geomeans(tmp_path):
     assert "| 0.1250 | 400 |" in text  # GPU ms by graph replay, and the GB/s at it (4x the p50's 100)
     assert "| 256 | adjoined-triton | 800 |" in text and "| 0.80 |" in text
     assert "Headline, adjoined over standard images/s: N=256: 0.80x (adjoined-triton)." in text
+    assert "In CUDA graphs (adjoined-*-graph over standard-graph): N=256: 0.90x (adjoined-cuda-graph)." in text
     assert open(tmp_path / "RESULTS.md").read() == text
     if importlib.util.find_spec("matplotlib"):  # the GPU machine may lack it; the report runs elsewhere
         text = report.build_report(str(tmp_path), str(tmp_path / "RESULTS.md"))
@@ -359,6 +362,18 @@ def test_scripts_help(script, monkeypatch, capsys):
     assert e.value.code == 0
     out = capsys.readouterr().out
     assert "usage:" in out and ("--budget-s" in out or script == "report.py")
+
+
+def test_e2e_variants_and_graph_suffix():
+    """Eager variants first (the headline), then the same CUDA-graphed, then the authors' form; a graphed
+    variant names its backend like the eager one and refuses a device without CUDA graphs."""
+    assert bench_e2e.variants(["reference", "cuda"]) == [
+        "standard", "adjoined-cuda", "adjoined-reference", "standard-graph", "adjoined-cuda-graph",
+        "adjoined-reference-graph", "authors"]
+    assert bench_e2e.parse_variant("adjoined-triton-graph") == ("adjoined-triton", "triton", True)
+    assert bench_e2e.parse_variant("standard") == ("standard", "reference", False)
+    with pytest.raises(ValueError, match="device must be cuda"):
+        bench_e2e.make_step("standard-graph", 2, device="cpu")
 
 
 @pytest.mark.parametrize("variant", ["standard", "authors", "adjoined-reference"])
