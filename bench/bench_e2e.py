@@ -99,7 +99,7 @@ def make_step(variant: str, n: int, device="cuda", model=MODEL, alpha=ALPHA, lr=
 
     def step():
         opt.zero_grad(set_to_none=True)
-        # autocast's weight-cast cache must be off inside a graph capture (torch.cuda.graph docs)
+        # autocast's weight-cast cache must be off when graphing (PyTorch's CUDA-graph notes on AMP)
         with torch.autocast(device, dtype=torch.bfloat16, cache_enabled=not graph):
             out = net(x)
             loss = F.cross_entropy(out, y) if variant == "standard" else \
