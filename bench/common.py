@@ -93,14 +93,8 @@ def shared_timing(fns, graph_ok: bool = True) -> str:
     """
     if not graph_ok or not fns:
         return "do_bench"
-    est = []
-    for fn in fns:
-        try:
-            est.append(graph_ms(fn))
-        except Exception:
-            torch.cuda.synchronize()
-            est.append(estimate_ms(fn))
-    return choose_timing(min(est), graph_ok)
+    est = [graph_gpu_ms(fn, graph_ok) for fn in fns]
+    return choose_timing(min(e if math.isfinite(e) else estimate_ms(fn) for e, fn in zip(est, fns)), graph_ok)
 
 
 def peak_mem_mb(fn) -> float:

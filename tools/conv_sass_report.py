@@ -61,6 +61,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource, make_backend  # noqa: E402
 from triton.runtime.jit import create_function_from_signature  # noqa: E402
 
+from _check import verdict  # noqa: E402
 from adjoined_kernels.ops import conv_dgrad, conv_fprop, conv_wgrad  # noqa: E402
 
 BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
@@ -468,12 +469,7 @@ def main(argv=None):
                 failed += findings(r)
                 if a.dump:
                     dump(r, a.dump)
-    if a.check:
-        for f in failed:
-            print(f"CHECK: {f}")
-        print(f"CHECK: {'FAILED' if failed else 'ok'}")
-        return 1 if failed else 0
-    return 0
+    return verdict(failed) if a.check else 0
 
 
 if __name__ == "__main__":

@@ -24,6 +24,8 @@ import subprocess
 import sys
 import tempfile
 
+from _check import verdict
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FILES = ("conv_fprop.cu", "conv_dgrad.cu", "conv_wgrad.cu")
 TC_KERNELS = ("rowgemm_tc_kernel", "wgrad_tc_kernel")
@@ -148,12 +150,7 @@ def main(argv=None) -> int:
             print(f"{r['kernel'][:52]:52s} {r['regs']:4d} {r['spill']:>7s} {r['smem']:6d} | K loop: {r['instr']:5d} "
                   f"{r['hmma']:4d} {r['ldsm']:4d} {r['ldgsts']:6d} {r['bar']:3d} {r['ld_movm']:7d}", flush=True)
         failed += findings(rows)
-    if a.check:
-        for f in failed:
-            print(f"CHECK: {f}")
-        print(f"CHECK: {'FAILED' if failed else 'ok'}")
-        return 1 if failed else 0
-    return 0
+    return verdict(failed) if a.check else 0
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
+from _check import verdict  # noqa: E402
 from adjoined_kernels.ops import adjoined_loss as L  # noqa: E402
 
 BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
@@ -170,7 +171,7 @@ def unpack_zero_faults(ptx: str, dtype: str) -> tuple[int, list[str]]:
 def check_unpacking() -> int:
     """``--check``: the unpacking invariant on register-path specialisations (both 16-bit dtypes, eps on and
     off, T == 1 and not, one short row and one of 32K classes). Prints a line per case; 0 when all pass."""
-    bad = 0
+    failed = []
     for dtype in ("bf16", "fp16"):
         for C in (37, 32768):
             for eps, T in ((1e-6, 1.0), (1e-6, 2.0), (0.0, 1.0)):
@@ -179,13 +180,14 @@ def check_unpacking() -> int:
                 comp, _ = _compile(kernel, dtype, const, warps, L.MAXNREG)
                 sites, faults = unpack_zero_faults(comp.asm["ptx"], dtype)
                 ok = sites > 0 and not faults
-                bad += not ok
-                print(f"{'ok  ' if ok else 'FAIL'} {dtype} C={C} eps={eps:g} T={T:g}: {sites} unpack sites, "
-                      f"{len(faults)} not keyed on an exact 0", flush=True)
+                case = f"{dtype} C={C} eps={eps:g} T={T:g}"
+                print(f"{'ok  ' if ok else 'FAIL'} {case}: {sites} unpack sites, {len(faults)} not keyed on an "
+                      f"exact 0", flush=True)
                 for f in faults[:3]:
                     print("  " + f)
-    print("CHECK: ok" if not bad else f"CHECK: {bad} case(s) failed")
-    return 1 if bad else 0
+                if not ok:
+                    failed.append(f"{case}: {len(faults)} of {sites} unpack sites not keyed on an exact 0")
+    return verdict(failed)
 
 
 def report(dtype, C, eps, T, note="", **kw):
