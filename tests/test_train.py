@@ -202,7 +202,8 @@ def test_smoke_outputs(smoke_run):
     for b in (1, 64):
         assert s[f"latency_cpu_b{b}_ms_full"] > 0 and s[f"latency_cpu_b{b}_ms_small"] > 0
     assert s["versions"]["torch"] == torch.__version__ and s["versions"]["python"]
-    assert s["device"] == "cpu" and s["backend"] == "auto" and s["args"]["width"] == 8
+    assert s["device"] == ("cuda" if torch.cuda.is_available() else "cpu")  # --device auto
+    assert s["backend"] == "auto" and s["args"]["width"] == 8
     assert s["onnx_max_rel_err"] < 1e-4
     ck = torch.load(out / "checkpoint.pt", weights_only=False)
     assert ck["epoch"] == 2 and ck["global_step"] == 2 * spe
@@ -228,7 +229,8 @@ def test_onnx_matches_onnxruntime_and_small_branch(smoke_run, idx_dir):
 
 
 def test_resume_is_exact(idx_dir, tmp_path):
-    args = ["--data-dir", str(idx_dir), "--subset", "64", "--epochs", "2", "--no-onnx", *FAST, "--bench-runs", "0"]
+    args = ["--data-dir", str(idx_dir), "--subset", "64", "--epochs", "2", "--no-onnx", *FAST, "--bench-runs", "0",
+            "--device", "cpu"]  # bitwise: on a GPU cudnn.benchmark may pick other algorithms per run
     assert cli.main([*args, "--out", str(tmp_path / "a")]) == 0
     assert cli.main([*args, "--out", str(tmp_path / "b"), "--stop-after", "1"]) == 0
     assert not (tmp_path / "b" / "summary.json").exists()
@@ -248,7 +250,8 @@ def test_resume_is_exact(idx_dir, tmp_path):
 
 
 def test_prefetch_thread_changes_nothing(idx_dir, tmp_path):
-    args = ["--data-dir", str(idx_dir), "--subset", "64", "--epochs", "1", "--no-onnx", *FAST, "--bench-runs", "0"]
+    args = ["--data-dir", str(idx_dir), "--subset", "64", "--epochs", "1", "--no-onnx", *FAST, "--bench-runs", "0",
+            "--device", "cpu"]  # bitwise: on a GPU cudnn.benchmark may pick other algorithms per run
     assert cli.main([*args, "--out", str(tmp_path / "a")]) == 0
     assert cli.main([*args, "--out", str(tmp_path / "b"), "--workers", "1"]) == 0
     a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)["model"]

@@ -71,7 +71,11 @@ def _autocast(*tensors):
     """The floating tensors cast to the autocast dtype when autocast is on for their device (F.conv2d's
     rule; the fused kernels take one dtype, so they cannot leave it to the dispatcher)."""
     dev = tensors[0].device.type if isinstance(tensors[0], torch.Tensor) else None
-    if dev is None or not torch.amp.is_autocast_available(dev) or not torch.is_autocast_enabled(dev):
+    try:  # not torch.amp.is_autocast_available: Dynamo in torch 2.11 cannot trace it (fullgraph fails)
+        on = dev is not None and torch.is_autocast_enabled(dev)
+    except RuntimeError:  # a device type without autocast, e.g. meta
+        on = False
+    if not on:
         return tensors
     dt = torch.get_autocast_dtype(dev)
     return tuple(t.to(dt) if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in tensors)
