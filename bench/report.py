@@ -55,22 +55,24 @@ def conv_targets(provider: str, n: int, alpha: int) -> list[tuple[str, float]]:
     return out
 
 
-def conv_times(rows) -> dict:
-    """(suite, shape, N, alpha, mode) -> {provider: p50 ms}; rows of old CSVs have no suite (ResNet-50 only)."""
+def conv_times(rows, col: str = "ms_p50") -> dict:
+    """(suite, shape, N, alpha, mode) -> {provider: ms from column ``col``}; rows of old CSVs have no suite
+    (ResNet-50 only) and no gpu_ms (NaN)."""
     out = defaultdict(dict)
     for r in rows:
         key = (r.get("suite") or "resnet50", r["shape"], int(r["N"]), int(r["alpha"]), r["mode"])
-        out[key][r["provider"]] = fl(r["ms_p50"])
+        out[key][r["provider"]] = fl(r.get(col))
     return out
 
 
-def conv_speedups(rows, suite: str, mode: str) -> dict:
+def conv_speedups(rows, suite: str, mode: str, col: str = "ms_p50") -> dict:
     """(N, alpha, provider) -> {baseline: (geomean speedup over shapes, number of shapes)}.
 
-    A speedup is baseline p50 / provider p50 on one shape; shapes where either was not timed are left out.
+    A speedup is baseline time / provider time on one shape (column ``col``: do_bench ``ms_p50`` or graph-replay
+    ``gpu_ms``); shapes where either was not timed are left out.
     """
     acc = defaultdict(lambda: defaultdict(list))
-    for (su, _shape, n, alpha, m), times in conv_times(rows).items():
+    for (su, _shape, n, alpha, m), times in conv_times(rows, col).items():
         if (su, m) != (suite, mode):
             continue
         for prov, ms in times.items():
@@ -106,6 +108,21 @@ def conv_target_table(rows) -> list[str]:
         ok, total = correct[(n, alpha, prov)]
         out.append(f"| {n} | {alpha} | {prov} | {s['cudnn2'][1]} | {fmt(s['cudnn2'][0])} | {fmt(s['authors'][0])} | "
                    f"{fmt(s['compile'][0])} | {ok}/{total} | {_target_cell(prov, n, alpha, s)} |")
+    return out + [""]
+
+
+def conv_gpu_table(rows) -> list[str]:
+    """The target table's speedups from GPU time alone (``gpu_ms``, one step replayed from a CUDA graph): what
+    the kernels do without host overhead. Empty for CSVs without that column."""
+    sp = {k: v for k, v in conv_speedups(rows, "resnet50", "full", "gpu_ms").items() if v["cudnn2"][1]}
+    if not sp:
+        return []
+    out = ["#### The same by GPU time (graph replay, no host overhead)",
+           "Geomean over shapes of baseline gpu_ms / provider gpu_ms. The targets are judged on do_bench above; "
+           "this says how much of a result is the kernels and how much the host path.", "",
+           "| N | alpha | provider | shapes | vs cudnn2 | vs authors | vs compile |", "|---|---|---|---|---|---|---|"]
+    out += [f"| {n} | {alpha} | {prov} | {s['cudnn2'][1]} | {fmt(s['cudnn2'][0])} | {fmt(s['authors'][0])} | "
+            f"{fmt(s['compile'][0])} |" for (n, alpha, prov), s in sorted(sp.items())]
     return out + [""]
 
 
@@ -173,7 +190,7 @@ def conv_section(path, md_dir, plots=True):
     out = [f"### Fused adjoined conv: `{os.path.basename(path)}`",
            f"{r0['gpu_name']}, torch {r0['torch']}, triton {r0['triton']}, git {r0['git_sha']}, bf16 channels_last; "
            f"{len(rows)} rows.", ""]
-    out += conv_target_table(rows) + conv_mode_table(rows) + conv_host_table(rows)
+    out += conv_target_table(rows) + conv_gpu_table(rows) + conv_mode_table(rows) + conv_host_table(rows)
     if plots and any(r["mode"] == "full" for r in rows):
         png = path[:-len(".csv")] + ".png"
         plot_conv(rows, png)
