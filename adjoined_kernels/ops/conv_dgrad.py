@@ -26,8 +26,8 @@ import triton
 import triton.language as tl
 
 from . import _alloc
-from ._conv_common import (GEMM_SPACE, INTERP_GEMM, UPCAST, cdiv, channels_last, configs, dense, dot_precision,
-                           gemm_prune, nhwc_strides, on_device, pick4, shared_a_tiles, swizzle)
+from ._conv_common import (CACHE_TUNING, GEMM_SPACE, INTERP_GEMM, UPCAST, cdiv, channels_last, configs, dense,
+                           dot_precision, gemm_prune, nhwc_strides, on_device, pick4, shared_a_tiles, swizzle)
 
 # ----------------------------------------------------------------------------------------------------
 # Kernel
@@ -185,7 +185,7 @@ def _dims(a):
 @triton.autotune(configs=configs(GEMM_SPACE, INTERP_GEMM),
                  prune_configs_by=gemm_prune(_dims, shared_a_tiles),
                  key=["N1", "H1", "W1", "N2", "H2", "W2", "C_in", "c_in_s", "C_out", "c_out_s", "R", "S",
-                      "sh", "sw", "SHARE", "PREC"])
+                      "sh", "sw", "SHARE", "PREC"], cache_results=CACHE_TUNING)
 @triton.jit
 def _dgrad_kernel(dzf, dzs, w, dxf, dxs,
                   N1, H1, W1, P1, Q1, N2, H2, W2, P2, Q2, C_in, c_in_s, C_out, c_out_s, R, S,

@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 
 from . import _alloc
-from ._conv_common import (GEMM_SPACE, INTERP_GEMM, UPCAST, cdiv, channels_last, configs, conv_out_size,
+from ._conv_common import (CACHE_TUNING, GEMM_SPACE, INTERP_GEMM, UPCAST, cdiv, channels_last, configs, conv_out_size,
                            dense, dot_precision, gemm_prune, nhwc_strides, on_device, restore_format,
                            shared_a_tiles, pick4, swizzle)
 from .conv_dgrad import conv2d_dgrad, dgrad_impl
@@ -161,7 +161,7 @@ def _dims(a):
 @triton.autotune(configs=configs(GEMM_SPACE, INTERP_GEMM),
                  prune_configs_by=gemm_prune(_dims, shared_a_tiles),
                  key=["N1", "P1", "Q1", "N2", "P2", "Q2", "C_in", "c_in_s", "C_out", "c_out_s", "R", "S",
-                      "SHARE", "HAS_SCALE", "PREC"])
+                      "SHARE", "HAS_SCALE", "PREC"], cache_results=CACHE_TUNING)
 @triton.jit
 def _fprop_kernel(xf, xs, w, bias, scale, zf, zs, us,
                   N1, H1, W1, P1, Q1, N2, H2, W2, P2, Q2, C_in, c_in_s, C_out, c_out_s, R, S,

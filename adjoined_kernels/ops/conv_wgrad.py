@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 
 from . import _alloc
-from ._conv_common import (GEMM_SPACE, INTERP_GEMM, INTERPRET, UPCAST, cdiv, channels_last, configs,
+from ._conv_common import (CACHE_TUNING, GEMM_SPACE, INTERP_GEMM, INTERPRET, UPCAST, cdiv, channels_last, configs,
                            conv_out_size, dense, dot_precision, gemm_prune, nhwc_strides, on_device, pick4,
                            swizzle)
 
@@ -154,7 +154,7 @@ def _dims(a):
 
 @triton.autotune(configs=configs(GEMM_SPACE, INTERP_GEMM), prune_configs_by=gemm_prune(_dims),
                  key=["N1", "P1", "Q1", "N2", "P2", "Q2", "C_in", "c_in_s", "C_out", "c_out_s", "R", "S",
-                      "kch", "HAS_BIAS", "HAS_SCALE", "PREC"])
+                      "kch", "HAS_BIAS", "HAS_SCALE", "PREC"], cache_results=CACHE_TUNING)
 @triton.jit
 def _wgrad_kernel(xf, xs, dzf, dzs, scale, ws1, ws2, dbw1, dbw2,
                   N1, H1, W1, P1, Q1, N2, H2, W2, P2, Q2, C_in, c_in_s, C_out, c_out_s, R, S,
