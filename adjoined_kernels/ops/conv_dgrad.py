@@ -26,6 +26,7 @@ import triton
 import triton.language as tl
 
 from . import _alloc
+from ._launch import Relauncher
 from ._conv_common import (CACHE_TUNING, GEMM_SPACE, INTERP_GEMM, UPCAST, cdiv, channels_last, configs, dense,
                            dot_precision, gemm_prune, nhwc_strides, on_device, pick4, shared_a_tiles, swizzle)
 
@@ -278,6 +279,9 @@ def _num_programs(m1, m2, c_in, c_in_s, classes, share, meta):
 # Launcher
 
 
+_dgrad_launcher = Relauncher(_dgrad_kernel)
+
+
 def _dgrad_launch(dz_full, dz_small, weight, small_scale, input_hw, c_in_s, stride, padding, dilation, share):
     dzf, dzs, w = channels_last(dz_full), channels_last(dz_small), channels_last(weight)
     if small_scale is not None:
@@ -300,8 +304,8 @@ def _dgrad_launch(dz_full, dz_small, weight, small_scale, input_hw, c_in_s, stri
     def grid(meta):
         return (_num_programs(m1, m2, C_in, c_in_s, sh * sw, share, meta),)
 
-    _dgrad_kernel[grid](
-        dzf, dzs, w, dxf, dxs,
+    _dgrad_launcher(
+        grid, dzf, dzs, w, dxf, dxs,
         dzf.shape[0], H1, W1, dzf.shape[2], dzf.shape[3], dzs.shape[0], H2, W2, dzs.shape[2], dzs.shape[3],
         C_in, c_in_s, C_out, dzs.shape[1], R, S, sh, sw, *padding, dh, dw,
         sh // math.gcd(sh, dh), sw // math.gcd(sw, dw),

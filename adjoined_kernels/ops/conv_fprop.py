@@ -27,6 +27,7 @@ from . import _alloc
 from ._conv_common import (CACHE_TUNING, GEMM_SPACE, INTERP_GEMM, UPCAST, cdiv, channels_last, configs, conv_out_size,
                            dense, dot_precision, gemm_prune, nhwc_strides, on_device, restore_format,
                            shared_a_tiles, pick4, swizzle)
+from ._launch import Relauncher
 from .conv_dgrad import conv2d_dgrad, dgrad_impl
 from .conv_wgrad import conv2d_wgrad, wgrad_impl
 
@@ -254,6 +255,9 @@ def _out_shapes(x_full, x_small, weight, stride, padding, dilation, c_out_s):
     return sizes
 
 
+_fprop_launcher = Relauncher(_fprop_kernel)
+
+
 def _fprop_launch(x_full, x_small, weight, bias, small_scale, stride, padding, dilation, c_out_s,
                   save_pre, share_weights):
     xf, xs, w = channels_last(x_full), channels_last(x_small), channels_last(weight)
@@ -270,8 +274,8 @@ def _fprop_launch(x_full, x_small, weight, bias, small_scale, stride, padding, d
     def grid(meta):
         return (_num_programs(m1, m2, C_out, c_out_s, share_weights, meta),)
 
-    _fprop_kernel[grid](
-        xf, xs, w, w if bias is None else bias, w if small_scale is None else small_scale, zf, zs,
+    _fprop_launcher(
+        grid, xf, xs, w, w if bias is None else bias, w if small_scale is None else small_scale, zf, zs,
         us if save_pre else zs,
         xf.shape[0], xf.shape[2], xf.shape[3], full_shape[2], full_shape[3],
         xs.shape[0], xs.shape[2], xs.shape[3], small_shape[2], small_shape[3],

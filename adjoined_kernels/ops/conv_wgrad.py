@@ -24,6 +24,7 @@ import triton
 import triton.language as tl
 
 from . import _alloc
+from ._launch import Relauncher
 from ._conv_common import (CACHE_TUNING, GEMM_SPACE, INTERP_GEMM, INTERPRET, UPCAST, cdiv, channels_last, configs,
                            conv_out_size, dense, dot_precision, gemm_prune, nhwc_strides, on_device, pick4,
                            swizzle)
@@ -251,9 +252,12 @@ def _splits(k1, k2, tiles1, tiles2, device):
     return kch, cdiv(k1, kch), cdiv(k2, kch)
 
 
+_wgrad_launcher, _reduce_launcher = Relauncher(_wgrad_kernel), Relauncher(_reduce_kernel)
+
+
 def _reduce(ws1, ws2, out, nch1, nch2, co, co_s, taps, c, c_s, s, strides):
     grid = (cdiv(co * taps * c, REDUCE_BLOCK),)
-    _reduce_kernel[grid](ws1, ws2, out, nch1, nch2, co, co_s, taps, c, c_s, s, *strides, BLOCK=REDUCE_BLOCK)
+    _reduce_launcher(grid, ws1, ws2, out, nch1, nch2, co, co_s, taps, c, c_s, s, *strides, BLOCK=REDUCE_BLOCK)
 
 
 def _wgrad_launch(x_full, x_small, dz_full, dz_small, small_scale, kernel_size, stride, padding, dilation,
@@ -282,8 +286,8 @@ def _wgrad_launch(x_full, x_small, dz_full, dz_small, small_scale, kernel_size, 
         t2 = cdiv(c_out_s, bm) * _n_tiles_host(R * S, c_in_s, flat, bn)
         return (nch1 * t1 + nch2 * t2,)
 
-    _wgrad_kernel[grid](
-        xf, xs, dzf, dzs, ws1 if small_scale is None else small_scale, ws1, ws2, dbw1, dbw2,
+    _wgrad_launcher(
+        grid, xf, xs, dzf, dzs, ws1 if small_scale is None else small_scale, ws1, ws2, dbw1, dbw2,
         N1, H1, W1, dzf.shape[2], dzf.shape[3], N2, H2, W2, dzs.shape[2], dzs.shape[3],
         C_in, c_in_s, C_out, c_out_s, R, S, *stride, *padding, *dilation, nch1, kch,
         *nhwc_strides(xf), *nhwc_strides(xs),

@@ -1,0 +1,91 @@
+"""Cheap relaunches of the Triton kernels: a host-overhead cut, not a kernel change.
+
+Triton's launch path (``Autotuner.run``, then ``JITFunction.run``: argument binding, per-argument
+specialisation, cache key, grid) costs 60-90 µs of host time per launch of the ~45-argument conv kernels,
+and a training step launches four of them. On an H100 the Triton conv step was host-bound: ~1.4 ms of host
+work against 0.13 ms of GPU time at N=32 (bench/results/2026-11-23-H100-run4-conv.csv).
+
+``Relauncher`` sends the first launch of every distinct argument signature through Triton, keeps the
+compiled kernel, its grid and its constexpr values, and launches later calls with the same signature through
+the compiled kernel's own launcher (``CompiledKernel[grid]``, Triton's API for a compiled kernel). The
+signature holds every int argument's value, every tensor's dtype and 16-byte alignment (what Triton
+specialises on), the constexpr arguments and the current device, so a relaunch passes the launcher exactly
+the arguments Triton would. The autotuner's choice is part of the cached entry: its key arguments are among
+the int values. ``tools/launch_report.py`` runs both paths offline (kernels compiled for sm_90, the C
+launcher recorded): ``--check`` compares every launch with Triton's own (tests/test_launch.py), and the
+report times a step, fprop + dgrad + wgrad at N=32, C=256, 14x14, bf16: 861 -> 641 µs of host time with
+Triton 3.8 on the 2-core CI CPU, 941 -> 714 µs with Triton 3.6.
+
+``ADJOINED_TRITON_FAST_LAUNCH=0`` sends every launch through Triton. Under the interpreter (DESIGN §4)
+every launch goes through Triton: there is no compiled kernel.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+from triton.runtime.jit import JITFunction
+
+from ._conv_common import INTERPRET
+
+# Read once at import, like the other knobs of the launch path.
+FAST = os.environ.get("ADJOINED_TRITON_FAST_LAUNCH", "1") != "0" and not INTERPRET
+_BY_VALUE = (int, bool)
+
+try:  # the raw current stream, as Triton's own CUDA driver gets it (no Stream object per launch)
+    from torch._C import _cuda_getCurrentRawStream as _raw_stream
+except ImportError:  # pragma: no cover - older or CPU-only builds
+    def _raw_stream(device: int) -> int:
+        return torch.cuda.current_stream(device).cuda_stream
+
+
+def _signature(args) -> tuple:
+    """Ints by value, tensors by (dtype, address mod 16): everything Triton's specialisation looks at."""
+    return tuple(a if type(a) in _BY_VALUE else (a.dtype, a.data_ptr() & 15) for a in args)
+
+
+class Relauncher:
+    """``Relauncher(kernel)(grid, *args, **constexprs)`` launches ``kernel[grid](*args, **constexprs)``.
+
+    ``kernel`` is a ``triton.jit`` function, optionally under ``triton.autotune``; ``args`` are its runtime
+    arguments (tensors and ints, in order, before every constexpr parameter) and ``constexprs`` its
+    constexpr parameters other than the autotuned ones. ``grid`` is a tuple or a function of the bound
+    arguments, as for Triton; it must depend on nothing but the int arguments and the constexprs (it is
+    evaluated once per signature). Launches go to the current CUDA device and stream.
+    """
+
+    def __init__(self, kernel):
+        self.kernel = kernel
+        self.cache: dict = {}
+        self.arg_names = None
+        if FAST:  # under the interpreter the kernel is no JITFunction
+            jit = kernel
+            while not isinstance(jit, JITFunction):
+                jit = jit.fn
+            self.arg_names = jit.arg_names
+
+    def __call__(self, grid, *args, **constexprs):
+        if not FAST:
+            self.kernel[grid](*args, **constexprs)
+            return
+        device = torch.cuda.current_device()
+        key = (device, tuple(constexprs.items()), _signature(args))
+        hit = self.cache.get(key)
+        if hit is None:
+            self.cache[key] = self._first(grid, args, constexprs)
+            return
+        launch, tail = hit
+        launch(*args, *tail, stream=_raw_stream(device))
+
+    def _first(self, grid, args, constexprs):
+        """Launch through Triton; return (the compiled kernel's launcher for this grid, constexpr values in
+        parameter order)."""
+        kernel = self.kernel[grid](*args, **constexprs)
+        if hasattr(kernel, "result"):  # compiled asynchronously
+            kernel = kernel.result()
+        config = getattr(self.kernel, "best_config", None)  # the autotuner's pick for this launch
+        values = {**constexprs, **(config.all_kwargs() if config is not None else {})}
+        tail = tuple(values[name] for name in self.arg_names[len(args):])
+        g = grid(dict(zip(self.arg_names, args + tail))) if callable(grid) else grid
+        g = tuple(g) + (1,) * (3 - len(g))
+        return kernel[g], tail
