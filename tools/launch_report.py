@@ -144,6 +144,7 @@ PROBLEMS = {
     "bf16": (4, 32, 32, 7, 2, torch.bfloat16, False, False, False),
     "bf16+bias+scale": (4, 32, 32, 7, 2, torch.bfloat16, True, True, False),
     "bf16 misaligned x_small": (4, 32, 32, 7, 2, torch.bfloat16, False, False, True),
+    "bf16 9x9": (4, 32, 32, 9, 2, torch.bfloat16, False, False, False),
     "fp16 alpha 4": (3, 64, 48, 5, 4, torch.float16, False, False, False),
 }
 

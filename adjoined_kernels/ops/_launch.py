@@ -39,16 +39,19 @@ except ImportError:  # pragma: no cover - older or CPU-only builds
         return torch.cuda.current_stream(device).cuda_stream
 
 
-def _signature(args) -> tuple:
-    """Ints by value, tensors by (dtype, address mod 16): everything Triton's specialisation looks at."""
-    return tuple(a if type(a) in _BY_VALUE else (a.dtype, a.data_ptr() & 15) for a in args)
+def _n_tensors(args) -> int:
+    """How many tensors lead ``args``; raises TypeError unless only ints follow them."""
+    n = next((i for i, a in enumerate(args) if type(a) in _BY_VALUE), len(args))
+    if not all(type(a) in _BY_VALUE for a in args[n:]):
+        raise TypeError("Relauncher: runtime arguments must be tensors followed by ints")
+    return n
 
 
 class Relauncher:
     """``Relauncher(kernel)(grid, *args, **constexprs)`` launches ``kernel[grid](*args, **constexprs)``.
 
     ``kernel`` is a ``triton.jit`` function, optionally under ``triton.autotune``; ``args`` are its runtime
-    arguments (tensors and ints, in order, before every constexpr parameter) and ``constexprs`` its
+    arguments (tensors, then ints: the kernel's parameters before every constexpr one) and ``constexprs`` its
     constexpr parameters other than the autotuned ones. ``grid`` is a tuple or a function of the bound
     arguments, as for Triton; it must depend on nothing but the int arguments and the constexprs (it is
     evaluated once per signature). Launches go to the current CUDA device and stream.
@@ -57,7 +60,7 @@ class Relauncher:
     def __init__(self, kernel):
         self.kernel = kernel
         self.cache: dict = {}
-        self.arg_names = None
+        self.arg_names, self.n_tensors = None, None
         if FAST:  # under the interpreter the kernel is no JITFunction
             jit = kernel
             while not isinstance(jit, JITFunction):
@@ -68,8 +71,11 @@ class Relauncher:
         if not FAST:
             self.kernel[grid](*args, **constexprs)
             return
-        device = torch.cuda.current_device()
-        key = (device, tuple(constexprs.items()), _signature(args))
+        if self.n_tensors is None:
+            self.n_tensors = _n_tensors(args)
+        n, device = self.n_tensors, torch.cuda.current_device()
+        # what Triton specialises on: ints by value, tensors by dtype and address mod 16
+        key = (device, tuple(constexprs.items()), args[n:], tuple((t.dtype, t.data_ptr() & 15) for t in args[:n]))
         hit = self.cache.get(key)
         if hit is None:
             self.cache[key] = self._first(grid, args, constexprs)
