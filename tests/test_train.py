@@ -249,6 +249,32 @@ def test_resume_is_exact(idx_dir, tmp_path):
     assert cli.main([*args, "--out", str(tmp_path / "b"), "--resume", "--lr", "0.01"]) == 2
 
 
+def test_gpu_algorithms_set_and_restore_the_flags():
+    from adjoined_kernels.train.loop import gpu_algorithms
+    cudnn = torch.backends.cudnn
+    before = (cudnn.benchmark, cudnn.deterministic, torch.are_deterministic_algorithms_enabled())
+    with gpu_algorithms(deterministic=False):
+        assert cudnn.benchmark and not cudnn.deterministic and not torch.are_deterministic_algorithms_enabled()
+    with gpu_algorithms(deterministic=True):
+        assert not cudnn.benchmark and cudnn.deterministic and torch.are_deterministic_algorithms_enabled()
+        assert torch.is_deterministic_algorithms_warn_only_enabled()
+    assert (cudnn.benchmark, cudnn.deterministic, torch.are_deterministic_algorithms_enabled()) == before
+
+
+def test_resume_is_exact_on_gpu_with_deterministic(idx_dir, tmp_path, device):
+    if device != "cuda":
+        pytest.skip("GPU only: on the CPU test_resume_is_exact covers resuming")
+    args = ["--data-dir", str(idx_dir), "--subset", "64", "--epochs", "2", "--no-onnx", *FAST, "--bench-runs", "0",
+            "--device", "cuda", "--deterministic"]
+    assert cli.main([*args, "--out", str(tmp_path / "a")]) == 0
+    assert cli.main([*args, "--out", str(tmp_path / "b"), "--stop-after", "1"]) == 0
+    assert cli.main([*args, "--out", str(tmp_path / "b"), "--resume"]) == 0
+    a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)["model"]
+    b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)["model"]
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
 def test_prefetch_thread_changes_nothing(idx_dir, tmp_path):
     args = ["--data-dir", str(idx_dir), "--subset", "64", "--epochs", "1", "--no-onnx", *FAST, "--bench-runs", "0",
             "--device", "cpu"]  # bitwise: on a GPU cudnn.benchmark may pick other algorithms per run

@@ -25,7 +25,7 @@ DEFAULTS = dict(
     schedule="onecycle", pct_start=0.25, div_factor=10.0, final_div_factor=100.0, milestones=[150, 180, 210],
     gamma=0.1,
     lam_schedule="quadratic", lam_scale=1.0, temperature=1.0,
-    backend="auto", seed=0, device="auto", amp=False, workers=0,
+    backend="auto", seed=0, device="auto", amp=False, deterministic=False, workers=0,
     out="runs/adjoined", bench_runs=10, check_batch=32,
 )
 
@@ -89,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=d["seed"])
     g.add_argument("--device", default=d["device"], help="auto (cuda if available), cpu, cuda, cuda:1 ...")
     g.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA (ignored on CPU)")
+    g.add_argument("--deterministic", action="store_true",
+                   help="bitwise-repeatable GPU runs (and resumes): deterministic cuDNN and PyTorch algorithms, "
+                        "no cudnn.benchmark; slower. CPU runs are repeatable either way")
     g.add_argument("--threads", type=int, default=0,
                    help="CPU threads for torch (0: torch's default). 1 is much faster when other processes "
                         "load the cores: OpenMP threads spin-wait when oversubscribed")
@@ -201,14 +204,15 @@ def _run(args) -> int:
     del probe
 
     os.makedirs(args.out, exist_ok=True)
-    from .loop import train
+    from .loop import gpu_algorithms, train
     from .report import finish
-    try:
-        net, history, finished = train(args, ds, device)
-    except ResumeError as e:
-        return fail(str(e))
-    if finished:
-        finish(args, ds, device, net, history)
+    with gpu_algorithms(args.deterministic):
+        try:
+            net, history, finished = train(args, ds, device)
+        except ResumeError as e:
+            return fail(str(e))
+        if finished:
+            finish(args, ds, device, net, history)
     return 0
 
 

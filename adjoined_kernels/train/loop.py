@@ -9,10 +9,12 @@ Methods:
 
 Determinism: the model is built right after ``torch.manual_seed(seed)``; shuffling and augmentation in epoch
 ``e`` draw from a generator seeded ``seed*1000 + e``. A checkpoint is written after every epoch, so
-``--resume`` continues to the same final weights as an uninterrupted run.
+``--resume`` continues to the same final weights as an uninterrupted run: bitwise on the CPU, and on a GPU
+with ``--deterministic`` (see :func:`gpu_algorithms`).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -141,6 +143,30 @@ def evaluate(net, method, ds: Dataset, device, batch_size: int = 500, amp: bool 
             cs += int((out.argmax(-1) == y).sum())
     net.train(was_training)
     return (cf / n if method != "small" else None, cs / n if method != "standard" else None)
+
+
+@contextlib.contextmanager
+def gpu_algorithms(deterministic: bool):
+    """How cuDNN and PyTorch pick GPU algorithms during a run; the previous settings come back on exit.
+
+    By default ``cudnn.benchmark``: training shapes are fixed, so timing the candidate algorithms once per
+    shape pays off. With ``deterministic``: ``cudnn.deterministic`` without benchmarking, and
+    ``torch.use_deterministic_algorithms`` (warning, not failing, on an op without a deterministic form), so
+    a run and its ``--resume`` give the same bits. The adjoined kernels (triton, cuda) are deterministic
+    either way: their wgrad reduces in a fixed order without atomics.
+    """
+    if deterministic:  # cuBLAS reads it when it creates its workspace, at the first matmul
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    cudnn = torch.backends.cudnn
+    old = (cudnn.benchmark, cudnn.deterministic, torch.are_deterministic_algorithms_enabled(),
+           torch.is_deterministic_algorithms_warn_only_enabled())
+    cudnn.benchmark, cudnn.deterministic = not deterministic, deterministic
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    try:
+        yield
+    finally:
+        cudnn.benchmark, cudnn.deterministic = old[0], old[1]
+        torch.use_deterministic_algorithms(old[2], warn_only=old[3])
 
 
 def _prep(x_u8, ds: Dataset, device, channels_last: bool):
