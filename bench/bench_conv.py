@@ -7,13 +7,15 @@ bwd (dgrad + wgrad over a saved forward), full (all three). Providers:
   authors         one F.conv2d over the concatenated batch [x_full; x_small zero-padded], small half masked
   compile         torch.compile(adjoined_conv2d_ref), default mode, dynamic shapes (one compile serves all)
   compile_max     the same with mode="max-autotune-no-cudagraphs", static shapes (autotunes per shape)
-  triton          adjoined_conv2d(backend="triton");  triton_noshare: weight-tile sharing off
+  triton          adjoined_conv2d(backend="triton");  triton_noshare: weight-tile sharing off;
+                  triton_nocache: every launch through Triton's own launch path (ops/_launch.py's cache off)
   cuda            adjoined_conv2d(backend="cuda"), when the extension is built
 Every provider is checked against an fp32 reference first (bf16 error <= 2x cuDNN's own + 1e-3); one failing to
 run is recorded as a row with its error. The providers of one problem and mode share one timing method: CUDA-graph
 replay when the fastest one's GPU time is under ~50 us (host launch overhead excluded for all), else do_bench;
 bwd always do_bench. Work runs in priority order (ResNet-50 full alpha 2/4 first, then
-fwd/bwd, alpha 8/16, CIFAR, triton_noshare, compile_max) until --budget-s is spent; rows are appended as measured.
+fwd/bwd, alpha 8/16, CIFAR, triton_noshare and triton_nocache, compile_max) until --budget-s is spent; rows are
+appended as measured.
 TFLOP/s count the adjoined FLOPs (full + compact small branch) for every provider, the authors' form included.
 
     PYTHONPATH=$PWD python3 bench/bench_conv.py --out bench/results/DATE-GPU-conv.csv [--quick] [--budget-s 540]
@@ -21,6 +23,7 @@ TFLOP/s count the adjoined FLOPs (full + compact small branch) for every provide
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import math
 import sys
@@ -31,13 +34,14 @@ import torch
 import torch.nn.functional as F
 
 import adjoined_kernels as ak
+from adjoined_kernels.ops import _launch
 from adjoined_kernels.ops.conv_fprop import adjoined_conv2d_triton
 from common import (NAN, Budget, CsvWriter, Timing, error_text, now, peak_rates, raise_recompile_limits, ratio,
                     read_rows, rel_err, run_meta, run_plan, shared_timing, time_fn, within_tolerance)
 
 SUITES = {"resnet50": (ak.models.adjoined_resnet50, {"num_classes": 1000, "stem": "imagenet"}, 224),
           "cifar18": (ak.models.adjoined_resnet18, {"num_classes": 10, "stem": "cifar"}, 32)}
-PROVIDERS = ("cudnn2", "authors", "triton", "cuda", "compile", "triton_noshare", "compile_max")
+PROVIDERS = ("cudnn2", "authors", "triton", "cuda", "compile", "triton_noshare", "triton_nocache", "compile_max")
 MODES = ("full", "fwd", "bwd")
 BATCHES = (32, 256)
 ALPHAS = (2, 4, 8, 16)
@@ -146,8 +150,8 @@ def tier(suite: str, alpha: int, mode: str, provider: str) -> tuple[int, str]:
     """Priority (lower runs first) and a label for the budget summary; the project's targets come first."""
     if provider == "compile_max":
         return 5, "compile_max (autotunes per shape)"
-    if provider == "triton_noshare":
-        return 4, "triton_noshare"
+    if provider in ("triton_noshare", "triton_nocache"):
+        return 4, provider
     if suite != "resnet50":
         return 3, f"{suite} shapes"
     if alpha not in (2, 4):
@@ -230,6 +234,7 @@ class Provider:
     leaves: tuple             # tensors the backward differentiates
     grad_outs: tuple          # upstream gradients of fn's outputs
     compare: Callable         # (outputs, leaf grads) -> [z_full, z_small, dx_full, dx_small, dW]
+    context: Callable = contextlib.nullcontext  # entered around every checked or timed call
 
 
 def _same(outs, grads):
@@ -288,11 +293,36 @@ def make_provider(name: str, pb: Problem) -> Provider:
                                                          s.cout_s, None, share_weights=False),
         "cuda": lambda: ak.adjoined_conv2d(xf, xs, w, *args, backend="cuda"),
     }
+    if name == "triton_nocache":
+        return Provider(fns["triton"], (xf, xs, w), (pb.dzf, pb.dzs), _same, _triton_launch_path)
     return Provider(fns[name], (xf, xs, w), (pb.dzf, pb.dzs), _same)
 
 
+@contextlib.contextmanager
+def _triton_launch_path():
+    """Triton launches without the relaunch cache, to show what it saves."""
+    old, _launch.FAST = _launch.FAST, False
+    try:
+        yield
+    finally:
+        _launch.FAST = old
+
+
 def runner(p: Provider, mode: str):
-    """The callable timed for ``mode``: fprop only, the backward of one saved forward, or both."""
+    """The callable timed for ``mode`` (fprop only, the backward of one saved forward, or both), inside the
+    provider's context."""
+    with p.context():
+        fn = _runner(p, mode)
+    if p.context is contextlib.nullcontext:
+        return fn
+
+    def in_context():
+        with p.context():
+            return fn()
+    return in_context
+
+
+def _runner(p: Provider, mode: str):
     if mode == "fwd":
         def fwd():
             with torch.no_grad():
@@ -306,8 +336,9 @@ def runner(p: Provider, mode: str):
 
 def check(p: Provider, ref: list[torch.Tensor]) -> float:
     """Max relative error of the provider's outputs and gradients against the fp32 reference."""
-    outs = p.fn()
-    got = p.compare(outs, torch.autograd.grad(outs, p.leaves, p.grad_outs))
+    with p.context():
+        outs = p.fn()
+        got = p.compare(outs, torch.autograd.grad(outs, p.leaves, p.grad_outs))
     return max(rel_err(a, r) for a, r in zip(got, ref))
 
 

@@ -10,7 +10,9 @@
 #                  pytest-xdist, PYTEST_WORKERS processes, default 8: the Triton compiles are the bottleneck)
 #   sanitizer      compute-sanitizer memcheck + racecheck on csrc/tests/sanitizer_run.py --only fprop|dgrad|wgrad|loss
 #                  (sanitizer-memcheck / sanitizer-racecheck run one tool)
-#   bench-conv     bench/bench_conv.py  (priority-ordered, stops at its budget)
+#   bench-conv     bench/bench_conv.py  (priority-ordered, stops at its budget; e.g. `bench-conv -- --providers
+#                  cudnn2 triton triton_nocache triton_noshare --modes full` for what the relaunch cache and
+#                  weight sharing buy)
 #   bench-loss     bench/bench_loss.py
 #   bench-e2e      bench/bench_e2e.py
 # Groups: tests = tests-cuda tests-triton; bench = bench-loss bench-e2e bench-conv; all = everything.

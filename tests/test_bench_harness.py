@@ -94,7 +94,7 @@ def test_plan_runs_the_targets_first_and_compile_max_last():
     plan = bench_conv.build_plan()
     items = [(j.shape.suite, j.shape.name, j.n, j.alpha, m, p) for j in plan for m, p in j.items]
     n_r50, n_c18 = len(bench_conv.model_shapes("resnet50", 4)), len(bench_conv.model_shapes("cifar18", 4))
-    assert len(items) == len(set(items)) == (n_r50 + n_c18) * 2 * 4 * 3 * 7
+    assert len(items) == len(set(items)) == (n_r50 + n_c18) * 2 * 4 * 3 * 8
     assert [j.tier for j in plan] == sorted(j.tier for j in plan)
     first = [j for j in plan if j.tier == 0]
     assert len(first) == n_r50 * 2 * 2
@@ -108,6 +108,19 @@ def test_plan_runs_the_targets_first_and_compile_max_last():
     assert "compile_max" not in {p for j in plan[:-n_last] for _, p in j.items}
     cifar = [j for j in plan if j.shape.suite == "cifar18"]
     assert all(j.tier >= 3 for j in cifar)
+
+
+def test_triton_nocache_times_with_the_relaunch_cache_off(monkeypatch):
+    from adjoined_kernels.ops import _launch
+    monkeypatch.setattr(_launch, "FAST", True)
+    seen = []
+    p = bench_conv.Provider(lambda: seen.append(_launch.FAST) or (torch.ones(1),), (), (), bench_conv._same,
+                            bench_conv._triton_launch_path)
+    bench_conv.runner(p, "fwd")()
+    assert seen == [False] and _launch.FAST  # off inside the timed call only
+    plain = bench_conv.Provider(lambda: seen.append(_launch.FAST) or (torch.ones(1),), (), (), bench_conv._same)
+    bench_conv.runner(plain, "fwd")()
+    assert seen == [False, True]
 
 
 def test_plan_leaves_out_done_items_and_filters():
