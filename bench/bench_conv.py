@@ -13,9 +13,9 @@ bwd (dgrad + wgrad over a saved forward), full (all three). Providers:
 Every provider is checked against an fp32 reference first (bf16 error <= 2x cuDNN's own + 1e-3); one failing to
 run is recorded as a row with its error. The providers of one problem and mode share one timing method: CUDA-graph
 replay when the fastest one's GPU time is under ~50 us (host launch overhead excluded for all), else do_bench;
-bwd always do_bench. Work runs in priority order (ResNet-50 full alpha 2/4 first, then
-fwd/bwd, alpha 8/16, CIFAR, triton_noshare and triton_nocache, compile_max) until --budget-s is spent; rows are
-appended as measured.
+bwd always do_bench (its gpu_ms: the profiler's kernel time, as no graph captures a backward over a saved
+forward). Work runs in priority order (ResNet-50 full alpha 2/4 first, then fwd/bwd, alpha 8/16, CIFAR,
+triton_noshare and triton_nocache, compile_max) until --budget-s is spent; rows are appended as measured.
 TFLOP/s count the adjoined FLOPs (full + compact small branch) for every provider, the authors' form included.
 
     PYTHONPATH=$PWD python3 bench/bench_conv.py --out bench/results/DATE-GPU-conv.csv [--quick] [--budget-s 540]

@@ -141,9 +141,9 @@ def conv_mode_table(rows) -> list[str]:
 
 
 def conv_host_table(rows) -> list[str]:
-    """Where do_bench timed a step, its p50 over the step's GPU time by graph replay (``gpu_ms``), geomean over
-    shapes: near 1 the kernels bind, well above 1 the host (launches, Python) does. Empty for CSVs without
-    that column."""
+    """Where do_bench timed a step, its p50 over the step's GPU time (``gpu_ms``: graph replay; for bwd, which no
+    graph captures, the profiler's kernel time, absent from older CSVs), geomean over shapes: near 1 the
+    kernels bind, well above 1 the host (launches, Python) does. Empty for CSVs without that column."""
     acc = defaultdict(list)
     for r in rows:
         ratio = fl(r.get("ms_p50")) / fl(r.get("gpu_ms"))
@@ -151,7 +151,8 @@ def conv_host_table(rows) -> list[str]:
             acc[(r["mode"], int(r["N"]), r["provider"])].append(ratio)
     if not acc:
         return []
-    out = ["#### Host overhead: do_bench p50 / GPU time by graph replay (geomean over shapes)", "",
+    out = ["#### Host overhead: do_bench p50 / GPU time (graph replay; bwd: profiler kernel time), geomean over "
+           "shapes", "",
            "| mode | N | provider | shapes | p50 / gpu_ms |", "|---|---|---|---|---|"]
     out += [f"| {m} | {n} | {p} | {len(v)} | {fmt(geomean(v))} |" for (m, n, p), v in sorted(acc.items())]
     return out + [""]

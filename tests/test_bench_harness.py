@@ -251,6 +251,36 @@ def test_shared_timing_uses_the_fastest_providers_gpu_time(monkeypatch):
     assert common.shared_timing([lambda: "c"]) == "cudagraph"
 
 
+def test_kernel_ms_sums_device_events(monkeypatch):
+    from torch.autograd import DeviceType
+
+    class Ev:
+        def __init__(self, dev, us):
+            self.device_type, self.device_time_total = dev, us
+
+    class Prof:
+        def __init__(self, events, **kw):
+            self._events = events
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def events(self):
+            return self._events
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    evs = [Ev(DeviceType.CUDA, 300.0), Ev(DeviceType.CPU, 1000.0), Ev(DeviceType.CUDA, 200.0)]
+    monkeypatch.setattr(torch.profiler, "profile", lambda **kw: Prof(evs, **kw))
+    assert common.kernel_ms(lambda: calls.append(1), iters=5) == pytest.approx(0.1)  # 500 us over 5 calls
+    assert len(calls) == 5
+    monkeypatch.setattr(torch.profiler, "profile", lambda **kw: Prof([Ev(DeviceType.CPU, 5.0)], **kw))
+    assert math.isnan(common.kernel_ms(lambda: None))  # no kernel recorded
+
+
 def test_graph_gpu_ms_is_nan_when_not_captured(monkeypatch):
     """The GPU time recorded beside a do_bench p50: the graph replay's, else NaN (never a made-up figure)."""
     def graph_ms(fn):
