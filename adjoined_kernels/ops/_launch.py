@@ -57,15 +57,13 @@ class Relauncher:
     evaluated once per signature). Launches go to the current CUDA device and stream.
     """
 
+    # Entries per kernel before the cache starts over (one per problem signature: a model has tens).
+    MAX_ENTRIES = 4096
+
     def __init__(self, kernel):
         self.kernel = kernel
         self.cache: dict = {}
-        self.arg_names, self.n_tensors = None, None
-        if FAST:  # under the interpreter the kernel is no JITFunction
-            jit = kernel
-            while not isinstance(jit, JITFunction):
-                jit = jit.fn
-            self.arg_names = jit.arg_names
+        self.n_tensors = None
 
     def __call__(self, grid, *args, **constexprs):
         if not FAST:
@@ -78,6 +76,8 @@ class Relauncher:
         key = (device, tuple(constexprs.items()), args[n:], tuple((t.dtype, t.data_ptr() & 15) for t in args[:n]))
         hit = self.cache.get(key)
         if hit is None:
+            if len(self.cache) >= self.MAX_ENTRIES:
+                self.cache.clear()
             self.cache[key] = self._first(grid, args, constexprs)
             return
         launch, tail = hit
@@ -91,7 +91,10 @@ class Relauncher:
             kernel = kernel.result()
         config = getattr(self.kernel, "best_config", None)  # the autotuner's pick for this launch
         values = {**constexprs, **(config.all_kwargs() if config is not None else {})}
-        tail = tuple(values[name] for name in self.arg_names[len(args):])
-        g = grid(dict(zip(self.arg_names, args + tail))) if callable(grid) else grid
+        jit = self.kernel
+        while not isinstance(jit, JITFunction):  # under triton.autotune
+            jit = jit.fn
+        tail = tuple(values[name] for name in jit.arg_names[len(args):])
+        g = grid(dict(zip(jit.arg_names, args + tail))) if callable(grid) else grid
         g = tuple(g) + (1,) * (3 - len(g))
         return kernel[g], tail
