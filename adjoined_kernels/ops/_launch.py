@@ -30,7 +30,7 @@ from ._conv_common import INTERPRET
 
 # Read once at import, like the other knobs of the launch path.
 FAST = os.environ.get("ADJOINED_TRITON_FAST_LAUNCH", "1") != "0" and not INTERPRET
-_BY_VALUE = (int, bool)
+_BY_VALUE = (int,)  # not bool: True == 1 in a key, but Triton types them apart
 
 try:  # the raw current stream, as Triton's own CUDA driver gets it (no Stream object per launch)
     from torch._C import _cuda_getCurrentRawStream as _raw_stream

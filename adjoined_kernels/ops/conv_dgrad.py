@@ -26,9 +26,9 @@ import triton
 import triton.language as tl
 
 from . import _alloc
-from ._launch import Relauncher
 from ._conv_common import (CACHE_TUNING, GEMM_SPACE, INTERP_GEMM, UPCAST, cdiv, channels_last, configs, dense,
                            dot_precision, gemm_prune, nhwc_strides, on_device, pick4, shared_a_tiles, swizzle)
+from ._launch import Relauncher
 
 # ----------------------------------------------------------------------------------------------------
 # Kernel

@@ -24,10 +24,10 @@ import triton
 import triton.language as tl
 
 from . import _alloc
-from ._launch import Relauncher
 from ._conv_common import (CACHE_TUNING, GEMM_SPACE, INTERP_GEMM, INTERPRET, UPCAST, cdiv, channels_last, configs,
                            conv_out_size, dense, dot_precision, gemm_prune, nhwc_strides, on_device, pick4,
                            swizzle)
+from ._launch import Relauncher
 
 # ----------------------------------------------------------------------------------------------------
 # Kernels
