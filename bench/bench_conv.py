@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 import adjoined_kernels as ak
-from adjoined_kernels.ops import _launch
+from adjoined_kernels.ops import _launch, conv_dgrad, conv_fprop, conv_wgrad
 from adjoined_kernels.ops.conv_fprop import adjoined_conv2d_triton
 from common import (NAN, Budget, CsvWriter, Timing, error_text, now, peak_rates, raise_recompile_limits, ratio,
                     read_rows, rel_err, run_meta, run_plan, shared_timing, time_fn, within_tolerance)
@@ -50,7 +50,7 @@ FIELDS = ["kernel", "provider", "mode", "suite", "shape", "cin", "cout", "cin_s"
           "alpha", "dtype", "N", "ms_p20", "ms_p50", "ms_p80", "gpu_ms", "tflops", "pct_peak_tflops", "roofline_ms",
           "pct_roofline", "speedup_vs_cudnn", "speedup_vs_authors", "speedup_vs_compile", "timing", "max_rel_err",
           "correct", "error", "peak_mem_MB", "peak_tflops_measured", "peak_gbps_measured", "gpu_name", "torch",
-          "triton", "git_sha", "timestamp"]
+          "triton", "git_sha", "timestamp", "triton_configs"]
 
 
 @dataclass(frozen=True)
@@ -342,6 +342,22 @@ def check(p: Provider, ref: list[torch.Tensor]) -> float:
     return max(rel_err(a, r) for a, r in zip(got, ref))
 
 
+PASSES = {"fwd": ("fprop",), "bwd": ("dgrad", "wgrad"), "full": ("fprop", "dgrad", "wgrad")}
+
+
+def triton_configs(mode: str) -> str:
+    """The autotune configs of the Triton passes ``mode`` launches, from their latest launch, as
+    "pass BMxBNxBK/warps/stages"; empty when none was autotuned (the interpreter, ADJOINED_TRITON_AUTOTUNE=0)."""
+    launchers = {"fprop": conv_fprop._fprop_launcher, "dgrad": conv_dgrad._dgrad_launcher,
+                 "wgrad": conv_wgrad._wgrad_launcher}
+    out = []
+    for name in PASSES[mode]:
+        c = launchers[name].last_config
+        if c is not None:
+            out.append(f"{name} {c.kwargs['BM']}x{c.kwargs['BN']}x{c.kwargs['BK']}/{c.num_warps}/{c.num_stages}")
+    return "; ".join(out)
+
+
 def make_row(job: Job, mode: str, prov: str, t: Timing | None, err: float, ok: bool, error: str,
              base: dict, peaks: dict, meta: dict) -> dict:
     """One CSV row; ``base`` maps provider -> p50 ms of this problem and mode (the speedup baselines)."""
@@ -361,7 +377,7 @@ def make_row(job: Job, mode: str, prov: str, t: Timing | None, err: float, ok: b
                 speedup_vs_compile=ratio(base.get("compile"), p50), timing=t.method if t else "",
                 max_rel_err=err, correct=ok, error=error, peak_mem_MB=t.peak_mem_MB if t else NAN,
                 peak_tflops_measured=peaks["peak_tflops"], peak_gbps_measured=peaks["peak_gbps"], **meta,
-                timestamp=now())
+                timestamp=now(), triton_configs=triton_configs(mode) if t and prov.startswith("triton") else "")
 
 
 class ConvBench:

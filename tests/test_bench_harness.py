@@ -123,6 +123,18 @@ def test_triton_nocache_times_with_the_relaunch_cache_off(monkeypatch):
     assert seen == [False, True]
 
 
+def test_triton_configs_names_the_passes_of_the_mode(monkeypatch):
+    import triton
+    from adjoined_kernels.ops import conv_dgrad, conv_fprop, conv_wgrad
+    cfg = triton.Config(dict(BM=128, BN=64, BK=32, GROUP_M=8), num_warps=4, num_stages=3)
+    monkeypatch.setattr(conv_fprop._fprop_launcher, "last_config", cfg)
+    monkeypatch.setattr(conv_dgrad._dgrad_launcher, "last_config", None)  # not autotuned
+    monkeypatch.setattr(conv_wgrad._wgrad_launcher, "last_config", cfg)
+    assert bench_conv.triton_configs("full") == "fprop 128x64x32/4/3; wgrad 128x64x32/4/3"
+    assert bench_conv.triton_configs("bwd") == "wgrad 128x64x32/4/3"
+    assert bench_conv.triton_configs("fwd") == "fprop 128x64x32/4/3"
+
+
 def test_plan_leaves_out_done_items_and_filters():
     done = {("resnet50", "l2.b0.conv1", 32, 2, "full", "cudnn2")}
     plan = bench_conv.build_plan(("resnet50",), (32,), (2,), ("full",), ("cudnn2", "triton"), done=done)

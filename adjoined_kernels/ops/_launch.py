@@ -64,10 +64,12 @@ class Relauncher:
         self.kernel = kernel
         self.cache: dict = {}
         self.n_tensors = None
+        self.last_config = None  # the autotune config of the latest launch (None without autotuning)
 
     def __call__(self, grid, *args, **constexprs):
         if not FAST:
             self.kernel[grid](*args, **constexprs)
+            self.last_config = getattr(self.kernel, "best_config", None)
             return
         if self.n_tensors is None:
             self.n_tensors = _n_tensors(args)
@@ -80,16 +82,16 @@ class Relauncher:
                 self.cache.clear()
             self.cache[key] = self._first(grid, args, constexprs)
             return
-        launch, tail = hit
+        launch, tail, self.last_config = hit
         launch(*args, *tail, stream=_raw_stream(device))
 
     def _first(self, grid, args, constexprs):
         """Launch through Triton; return (the compiled kernel's launcher for this grid, constexpr values in
-        parameter order)."""
+        parameter order, the autotune config)."""
         kernel = self.kernel[grid](*args, **constexprs)
         if hasattr(kernel, "result"):  # compiled asynchronously
             kernel = kernel.result()
-        config = getattr(self.kernel, "best_config", None)  # the autotuner's pick for this launch
+        config = self.last_config = getattr(self.kernel, "best_config", None)  # the autotuner's pick
         values = {**constexprs, **(config.all_kwargs() if config is not None else {})}
         jit = self.kernel
         while not isinstance(jit, JITFunction):  # under triton.autotune
@@ -97,4 +99,4 @@ class Relauncher:
         tail = tuple(values[name] for name in jit.arg_names[len(args):])
         g = grid(dict(zip(jit.arg_names, args + tail))) if callable(grid) else grid
         g = tuple(g) + (1,) * (3 - len(g))
-        return kernel[g], tail
+        return kernel[g], tail, config
