@@ -315,6 +315,8 @@ def test_wgrad_rejects_mismatched_geometry(device):
     zf, zs, _ = conv2d_fprop_ref(xf, xs, w, b, sc, [1, 1], [1, 1], [1, 1], 4)
     with pytest.raises(ValueError, match="dz_full has spatial size"):
         conv2d_wgrad(xf, xs, zf, zs, None, [3, 3], [2, 2], [1, 1], [1, 1], False)
+    with pytest.raises(ValueError, match="dz_small has spatial size"):
+        conv2d_wgrad(xf, xs, zf, zs[:, :, 1:], None, [3, 3], [1, 1], [1, 1], [1, 1], False)
 
 
 def test_scale_grad_needs_saved_pre_scale_output(device):

@@ -169,7 +169,9 @@ def record_launch(pass_, shape, batch=256, alpha=2, share=True, dtype=torch.bflo
                 mock.patch.object(conv_wgrad._reduce_launcher, "kernel", _Recorder(None)), \
                 mock.patch.object(conv_wgrad, "_splits", gpu_splits), \
                 mock.patch.object(conv_wgrad, "_sm_count", lambda _index: SMS):
+            conv_wgrad._wgrad_plan.cache_clear()  # plans hold the split sizing: none made for the CPU may serve
             conv_wgrad._wgrad_launch(xf, xs, dzf, dzs, small_scale, w.shape[2:], stride, pad, dil, scale)
+        conv_wgrad._wgrad_plan.cache_clear()  # nor may this GPU-sized one serve a CPU launch later
     (grid, args, kwargs), = rec.calls
     return Launch(rec.autotuner, grid, args, kwargs)
 

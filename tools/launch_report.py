@@ -31,7 +31,10 @@ from triton.runtime.driver import driver  # noqa: E402
 
 from _check import verdict  # noqa: E402
 
-CALLS: list = []  # what the C launcher was handed: (kernel, grid, args)
+CALLS: list = []  # what the C launcher was handed: (kernel, grid, args), while RECORD is on
+# Off while timing: recorded calls would keep every output tensor alive, so each step's allocations would be
+# fresh memory (page faults) instead of the reuse that a caching allocator gives on a GPU.
+RECORD = True
 
 
 class _Utils:
@@ -48,7 +51,8 @@ class _Launcher:
 
     def __call__(self, gx, gy, gz, stream, function, *args):
         # args: launch_cooperative_grid, launch_pdl, global and profile scratch, then the kernel's own
-        CALLS.append((self.name, function, (gx, gy, gz), args))
+        if RECORD:
+            CALLS.append((self.name, function, (gx, gy, gz), args))
 
 
 class _Driver:
@@ -177,6 +181,8 @@ def _time(fn, n=200):
 
 
 def report():
+    global RECORD
+    RECORD = False
     prob = _problem(32, 256, 256, 14, 2, torch.bfloat16, False, False, False)
     print("adjoined conv 3x3, N=32, C_in=C_out=256, 14x14, alpha 2, bf16: host µs per call (best of 5)")
     for fast in (False, True):

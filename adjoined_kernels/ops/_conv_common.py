@@ -75,8 +75,23 @@ def dot_precision(dtype: torch.dtype) -> str:
 
 def nhwc_strides(x: torch.Tensor) -> tuple[int, int, int, int]:
     """Strides of a ``[N, C, H, W]`` tensor in (n, h, w, c) order, the order the kernels take."""
-    sn, sc, sh, sw = x.stride()
+    return nhwc_order(x.stride())
+
+
+def nhwc_order(strides) -> tuple[int, int, int, int]:
+    """``[N, C, H, W]`` strides in (n, h, w, c) order."""
+    sn, sc, sh, sw = strides
     return sn, sh, sw, sc
+
+
+def cl_strides(shape) -> tuple[int, ...]:
+    """The strides ``torch.empty(shape, memory_format=torch.channels_last)`` gets (PyTorch's own rule, on
+    the meta device), so a launch plan can hold them before the output exists."""
+    return torch.empty(shape, device="meta", memory_format=torch.channels_last).stride()
+
+
+# Launch plans memoised per launcher: one per distinct layer geometry (a model has tens).
+PLANS = 4096
 
 
 # ADJOINED_TRITON_AUTOTUNE=0 keeps one GPU config (the launch-bound default of gemm_prune): the GPU test

@@ -18,6 +18,7 @@ tile of the first ``c_out_s`` output channels feeds both accumulators.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional
 
@@ -26,8 +27,9 @@ import triton
 import triton.language as tl
 
 from . import _alloc
-from ._conv_common import (CACHE_TUNING, GEMM_SPACE, INTERP_GEMM, UPCAST, cdiv, channels_last, configs, dense,
-                           dot_precision, gemm_prune, nhwc_strides, on_device, pick4, shared_a_tiles, swizzle)
+from ._conv_common import (CACHE_TUNING, GEMM_SPACE, INTERP_GEMM, PLANS, UPCAST, cdiv, channels_last, cl_strides,
+                           configs, dense, dot_precision, gemm_prune, nhwc_order, on_device, pick4, shared_a_tiles,
+                           swizzle)
 from ._launch import Relauncher
 
 # ----------------------------------------------------------------------------------------------------
@@ -279,6 +281,33 @@ def _num_programs(m1, m2, c_in, c_in_s, classes, share, meta):
 # Launcher
 
 
+@functools.lru_cache(maxsize=PLANS)
+def _dgrad_plan(dzf_size, dzf_stride, dzs_size, dzs_stride, w_size, w_stride, input_hw, c_in_s, stride, padding,
+                dilation, share):
+    """The part of a launch that depends only on sizes and strides, worked out once per layer geometry:
+    ``(dx_full shape, dx_small shape, the kernel's int arguments, grid)``; the last two are None when both
+    outputs are empty."""
+    C_out, C_in, R, S = w_size
+    H1, W1, H2, W2 = input_hw
+    full_shape, small_shape = (dzf_size[0], C_in, H1, W1), (dzs_size[0], c_in_s, H2, W2)
+    (sh, sw), (dh, dw) = stride, dilation
+    # Rows per sub-pixel class, each class rounded up to ceil(H/sh) x ceil(W/sw).
+    m1 = dzf_size[0] * cdiv(H1, sh) * cdiv(W1, sw)
+    m2 = dzs_size[0] * cdiv(H2, sh) * cdiv(W2, sw)
+    if m1 + m2 == 0:
+        return full_shape, small_shape, None, None
+    ints = (dzf_size[0], H1, W1, dzf_size[2], dzf_size[3], dzs_size[0], H2, W2, dzs_size[2], dzs_size[3],
+            C_in, c_in_s, C_out, dzs_size[1], R, S, sh, sw, *padding, dh, dw,
+            sh // math.gcd(sh, dh), sw // math.gcd(sw, dw),
+            *nhwc_order(dzf_stride), *nhwc_order(dzs_stride), *nhwc_order(cl_strides(full_shape)),
+            *nhwc_order(cl_strides(small_shape)), *w_stride)
+
+    def grid(meta):
+        return (_num_programs(m1, m2, C_in, c_in_s, sh * sw, share, meta),)
+
+    return full_shape, small_shape, ints, grid
+
+
 _dgrad_launcher = Relauncher(_dgrad_kernel)
 
 
@@ -289,29 +318,15 @@ def _dgrad_launch(dz_full, dz_small, weight, small_scale, input_hw, c_in_s, stri
         # sat on the MMA operand path, where ptxas serialised the wgmmas (C7515). One elementwise pass over
         # dz_small instead, rounded to dz's dtype as the reference does.
         dzs = dzs * small_scale.view(1, -1, 1, 1)
-    C_out, C_in, R, S = w.shape
-    H1, W1, H2, W2 = input_hw
+    full_shape, small_shape, ints, grid = _dgrad_plan(dzf.shape, dzf.stride(), dzs.shape, dzs.stride(), w.shape,
+                                                      w.stride(), input_hw, c_in_s, stride, padding, dilation,
+                                                      share)
     alloc = dict(dtype=dzf.dtype, device=dzf.device, memory_format=torch.channels_last)
-    dxf = _alloc.empty((dzf.shape[0], C_in, H1, W1), **alloc)
-    dxs = _alloc.empty((dzs.shape[0], c_in_s, H2, W2), **alloc)
-    (sh, sw), (dh, dw) = stride, dilation
-    # Rows per sub-pixel class, each class rounded up to ceil(H/sh) x ceil(W/sw).
-    m1 = dzf.shape[0] * cdiv(H1, sh) * cdiv(W1, sw)
-    m2 = dzs.shape[0] * cdiv(H2, sh) * cdiv(W2, sw)
-    if m1 + m2 == 0:
+    dxf, dxs = _alloc.empty(full_shape, **alloc), _alloc.empty(small_shape, **alloc)
+    if ints is None:
         return dxf, dxs
-
-    def grid(meta):
-        return (_num_programs(m1, m2, C_in, c_in_s, sh * sw, share, meta),)
-
-    _dgrad_launcher(
-        grid, dzf, dzs, w, dxf, dxs,
-        dzf.shape[0], H1, W1, dzf.shape[2], dzf.shape[3], dzs.shape[0], H2, W2, dzs.shape[2], dzs.shape[3],
-        C_in, c_in_s, C_out, dzs.shape[1], R, S, sh, sw, *padding, dh, dw,
-        sh // math.gcd(sh, dh), sw // math.gcd(sw, dw),
-        *nhwc_strides(dzf), *nhwc_strides(dzs), *nhwc_strides(dxf), *nhwc_strides(dxs), *w.stride(),
-        SHARE=share, ONE_TAP=R * S == 1, UPCAST=UPCAST,
-        PREC=dot_precision(dzf.dtype))
+    _dgrad_launcher(grid, dzf, dzs, w, dxf, dxs, *ints, SHARE=share, ONE_TAP=w.shape[2] * w.shape[3] == 1,
+                    UPCAST=UPCAST, PREC=dot_precision(dzf.dtype))
     return dxf, dxs
 
 

@@ -16,6 +16,7 @@ wrapper :func:`adjoined_conv2d_triton`.
 """
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import torch
@@ -24,9 +25,9 @@ import triton
 import triton.language as tl
 
 from . import _alloc
-from ._conv_common import (CACHE_TUNING, GEMM_SPACE, INTERP_GEMM, UPCAST, cdiv, channels_last, configs, conv_out_size,
-                           dense, dot_precision, gemm_prune, nhwc_strides, on_device, restore_format,
-                           shared_a_tiles, pick4, swizzle)
+from ._conv_common import (CACHE_TUNING, GEMM_SPACE, INTERP_GEMM, PLANS, UPCAST, cdiv, channels_last, cl_strides,
+                           configs, conv_out_size, dense, dot_precision, gemm_prune, nhwc_order, on_device,
+                           restore_format, shared_a_tiles, pick4, swizzle)
 from ._launch import Relauncher
 from .conv_dgrad import conv2d_dgrad, dgrad_impl
 from .conv_wgrad import conv2d_wgrad, wgrad_impl
@@ -245,14 +246,38 @@ def _num_programs(m1, m2, c_out, c_out_s, share, meta):
 # Launcher
 
 
-def _out_shapes(x_full, x_small, weight, stride, padding, dilation, c_out_s):
-    kh, kw = weight.shape[2:]
+def _out_shapes(xf_size, xs_size, w_size, stride, padding, dilation, c_out_s):
+    kh, kw = w_size[2:]
     sizes = []
-    for x, c in ((x_full, weight.shape[0]), (x_small, c_out_s)):
-        p = conv_out_size(x.shape[2], kh, stride[0], padding[0], dilation[0])
-        q = conv_out_size(x.shape[3], kw, stride[1], padding[1], dilation[1])
-        sizes.append((x.shape[0], c, p, q))
+    for size, c in ((xf_size, w_size[0]), (xs_size, c_out_s)):
+        p = conv_out_size(size[2], kh, stride[0], padding[0], dilation[0])
+        q = conv_out_size(size[3], kw, stride[1], padding[1], dilation[1])
+        sizes.append((size[0], c, p, q))
     return sizes
+
+
+@functools.lru_cache(maxsize=PLANS)
+def _fprop_plan(xf_size, xf_stride, xs_size, xs_stride, w_size, w_stride, stride, padding, dilation, c_out_s,
+                share):
+    """The part of a launch that depends only on sizes and strides, worked out once per layer geometry
+    (tens of µs of Python per call otherwise): ``(z_full shape, z_small shape, the kernel's int arguments,
+    grid)``; the last two are None when both outputs are empty."""
+    full_shape, small_shape = _out_shapes(xf_size, xs_size, w_size, stride, padding, dilation, c_out_s)
+    m1 = full_shape[0] * full_shape[2] * full_shape[3]
+    m2 = small_shape[0] * small_shape[2] * small_shape[3]
+    if m1 + m2 == 0:
+        return full_shape, small_shape, None, None
+    C_out, C_in, R, S = w_size
+    ints = (xf_size[0], xf_size[2], xf_size[3], full_shape[2], full_shape[3],
+            xs_size[0], xs_size[2], xs_size[3], small_shape[2], small_shape[3],
+            C_in, xs_size[1], C_out, c_out_s, R, S, *stride, *padding, *dilation,
+            *nhwc_order(xf_stride), *nhwc_order(xs_stride), *nhwc_order(cl_strides(full_shape)),
+            *nhwc_order(cl_strides(small_shape)), *w_stride)
+
+    def grid(meta):
+        return (_num_programs(m1, m2, C_out, c_out_s, share, meta),)
+
+    return full_shape, small_shape, ints, grid
 
 
 _fprop_launcher = Relauncher(_fprop_kernel)
@@ -261,28 +286,19 @@ _fprop_launcher = Relauncher(_fprop_kernel)
 def _fprop_launch(x_full, x_small, weight, bias, small_scale, stride, padding, dilation, c_out_s,
                   save_pre, share_weights):
     xf, xs, w = channels_last(x_full), channels_last(x_small), channels_last(weight)
-    full_shape, small_shape = _out_shapes(xf, xs, w, stride, padding, dilation, c_out_s)
+    full_shape, small_shape, ints, grid = _fprop_plan(xf.shape, xf.stride(), xs.shape, xs.stride(), w.shape,
+                                                      w.stride(), stride, padding, dilation, c_out_s,
+                                                      share_weights)
     alloc = dict(dtype=xf.dtype, device=xf.device, memory_format=torch.channels_last)
     zf, zs = _alloc.empty(full_shape, **alloc), _alloc.empty(small_shape, **alloc)
     us = _alloc.empty(small_shape, **alloc) if save_pre else _alloc.empty((0,), dtype=xf.dtype, device=xf.device)
-    m1 = full_shape[0] * full_shape[2] * full_shape[3]
-    m2 = small_shape[0] * small_shape[2] * small_shape[3]
-    if m1 + m2 == 0:
+    if ints is None:
         return zf, zs, us
-    C_out, C_in, R, S = w.shape
-
-    def grid(meta):
-        return (_num_programs(m1, m2, C_out, c_out_s, share_weights, meta),)
-
     _fprop_launcher(
         grid, xf, xs, w, w if bias is None else bias, w if small_scale is None else small_scale, zf, zs,
-        us if save_pre else zs,
-        xf.shape[0], xf.shape[2], xf.shape[3], full_shape[2], full_shape[3],
-        xs.shape[0], xs.shape[2], xs.shape[3], small_shape[2], small_shape[3],
-        C_in, xs.shape[1], C_out, c_out_s, R, S, *stride, *padding, *dilation,
-        *nhwc_strides(xf), *nhwc_strides(xs), *nhwc_strides(zf), *nhwc_strides(zs), *w.stride(),
+        us if save_pre else zs, *ints,
         HAS_BIAS=bias is not None, HAS_SCALE=small_scale is not None, SAVE_PRE=save_pre,
-        SHARE=share_weights, ONE_TAP=R * S == 1, UPCAST=UPCAST, PREC=dot_precision(xf.dtype))
+        SHARE=share_weights, ONE_TAP=w.shape[2] * w.shape[3] == 1, UPCAST=UPCAST, PREC=dot_precision(xf.dtype))
     return zf, zs, us
 
 
@@ -326,7 +342,8 @@ def conv2d_fprop(x_full: torch.Tensor, x_small: torch.Tensor, weight: torch.Tens
 
 @conv2d_fprop.register_fake
 def _(x_full, x_small, weight, bias, small_scale, stride, padding, dilation, c_out_s, save_pre, share_weights):
-    full_shape, small_shape = _out_shapes(x_full, x_small, weight, stride, padding, dilation, c_out_s)
+    full_shape, small_shape = _out_shapes(x_full.shape, x_small.shape, weight.shape, stride, padding, dilation,
+                                          c_out_s)
     alloc = dict(dtype=x_full.dtype, device=x_full.device, memory_format=torch.channels_last)
     zs = torch.empty(small_shape, **alloc)
     us = torch.empty(small_shape, **alloc) if save_pre else x_full.new_empty((0,))

@@ -17,15 +17,15 @@ The chunk count is picked on the host to give about two work items per SM, at le
 from __future__ import annotations
 
 import functools
-from typing import Optional
+from typing import Callable, NamedTuple, Optional
 
 import torch
 import triton
 import triton.language as tl
 
 from . import _alloc
-from ._conv_common import (CACHE_TUNING, GEMM_SPACE, INTERP_GEMM, INTERPRET, UPCAST, cdiv, channels_last, configs,
-                           conv_out_size, dense, dot_precision, gemm_prune, nhwc_strides, on_device, pick4,
+from ._conv_common import (CACHE_TUNING, GEMM_SPACE, INTERP_GEMM, INTERPRET, PLANS, UPCAST, cdiv, channels_last,
+                           configs, conv_out_size, dense, dot_precision, gemm_prune, nhwc_order, on_device, pick4,
                            swizzle)
 from ._launch import Relauncher
 
@@ -252,33 +252,45 @@ def _splits(k1, k2, tiles1, tiles2, device):
     return kch, cdiv(k1, kch), cdiv(k2, kch)
 
 
-_wgrad_launcher, _reduce_launcher = Relauncher(_wgrad_kernel), Relauncher(_reduce_kernel)
+class _Plan(NamedTuple):
+    """What a wgrad launch needs that depends only on sizes and strides (see ``_wgrad_plan``)."""
+    dw_shape: tuple
+    ws_shapes: tuple    # the fp32 split-K workspaces of the two branches
+    dbw_shapes: tuple   # and of the bias
+    flat: bool
+    ints: tuple         # _wgrad_kernel's int arguments
+    grid: Callable
+    reduce: tuple       # (grid, ints) of the dW reduction
+    reduce_bias: tuple  # and of the db one
 
 
-def _reduce(ws1, ws2, out, nch1, nch2, co, co_s, taps, c, c_s, s, strides):
-    grid = (cdiv(co * taps * c, REDUCE_BLOCK),)
-    _reduce_launcher(grid, ws1, ws2, out, nch1, nch2, co, co_s, taps, c, c_s, s, *strides, BLOCK=REDUCE_BLOCK)
+def _check_geometry(x_size, dz_size, kernel_size, stride, padding, dilation, name):
+    """Raise ValueError when dz's spatial size does not match the convolution of x (a caller bug)."""
+    for d in range(2):
+        want = conv_out_size(x_size[2 + d], kernel_size[d], stride[d], padding[d], dilation[d])
+        if dz_size[2 + d] != want:
+            raise ValueError(f"dz_{name} has spatial size {tuple(dz_size[2:])}, but the convolution of x_{name} "
+                             f"{tuple(x_size[2:])} gives {want} along dim {2 + d}")
 
 
-def _wgrad_launch(x_full, x_small, dz_full, dz_small, small_scale, kernel_size, stride, padding, dilation,
-                  need_bias):
-    xf, xs, dzf, dzs = (channels_last(t) for t in (x_full, x_small, dz_full, dz_small))
-    (N1, C_in, H1, W1), (N2, c_in_s, H2, W2) = xf.shape, xs.shape
-    C_out, c_out_s = dzf.shape[1], dzs.shape[1]
+@functools.lru_cache(maxsize=PLANS)
+def _wgrad_plan(xf_size, xf_stride, xs_size, xs_stride, dzf_size, dzs_size, kernel_size, stride, padding,
+                dilation, device):
+    """The launch arguments that depend only on sizes and strides, worked out once per layer geometry (tens
+    of µs of Python per call otherwise). Raises ValueError as ``_check_geometry``."""
+    _check_geometry(xf_size, dzf_size, kernel_size, stride, padding, dilation, "full")
+    _check_geometry(xs_size, dzs_size, kernel_size, stride, padding, dilation, "small")
+    (N1, C_in, H1, W1), (N2, c_in_s, H2, W2) = xf_size, xs_size
+    C_out, c_out_s = dzf_size[1], dzs_size[1]
     R, S = kernel_size
-    dev, f32 = xf.device, torch.float32
-    dw = _alloc.empty((C_out, C_in, R, S), dtype=xf.dtype, device=dev)
-    db = _alloc.empty((C_out,) if need_bias else (0,), dtype=xf.dtype, device=dev)
     nominal = 32 if INTERPRET else 128  # tile edge used only to size the split
-    k1, k2 = N1 * dzf.shape[2] * dzf.shape[3], N2 * dzs.shape[2] * dzs.shape[3]
+    k1, k2 = N1 * dzf_size[2] * dzf_size[3], N2 * dzs_size[2] * dzs_size[3]
     kch, nch1, nch2 = _splits(k1, k2, cdiv(C_out, nominal) * cdiv(R * S * C_in, nominal),
-                         cdiv(c_out_s, nominal) * cdiv(R * S * c_in_s, nominal), dev)
-    ws1 = _alloc.empty((nch1, C_out, R * S * C_in), dtype=f32, device=dev)
-    ws2 = _alloc.empty((nch2, c_out_s, R * S * c_in_s), dtype=f32, device=dev)
-    dbw1 = _alloc.empty((nch1, C_out) if need_bias else (1,), dtype=f32, device=dev)
-    dbw2 = _alloc.empty((nch2, c_out_s) if need_bias else (1,), dtype=f32, device=dev)
-
+                              cdiv(c_out_s, nominal) * cdiv(R * S * c_in_s, nominal), device)
     flat = C_in < FLAT_BELOW
+    ints = (N1, H1, W1, dzf_size[2], dzf_size[3], N2, H2, W2, dzs_size[2], dzs_size[3],
+            C_in, c_in_s, C_out, c_out_s, R, S, *stride, *padding, *dilation, nch1, kch,
+            *nhwc_order(xf_stride), *nhwc_order(xs_stride))
 
     def grid(meta):
         bm, bn = meta["BM"], meta["BN"]
@@ -286,16 +298,44 @@ def _wgrad_launch(x_full, x_small, dz_full, dz_small, small_scale, kernel_size, 
         t2 = cdiv(c_out_s, bm) * _n_tiles_host(R * S, c_in_s, flat, bn)
         return (nch1 * t1 + nch2 * t2,)
 
-    _wgrad_launcher(
-        grid, xf, xs, dzf, dzs, ws1 if small_scale is None else small_scale, ws1, ws2, dbw1, dbw2,
-        N1, H1, W1, dzf.shape[2], dzf.shape[3], N2, H2, W2, dzs.shape[2], dzs.shape[3],
-        C_in, c_in_s, C_out, c_out_s, R, S, *stride, *padding, *dilation, nch1, kch,
-        *nhwc_strides(xf), *nhwc_strides(xs),
-        FLAT=flat, HAS_BIAS=need_bias, HAS_SCALE=small_scale is not None, UPCAST=UPCAST,
-        PREC=dot_precision(xf.dtype))
-    _reduce(ws1, ws2, dw, nch1, nch2, C_out, c_out_s, R * S, C_in, c_in_s, S, dw.stride())
+    dw_shape = (C_out, C_in, R, S)  # contiguous
+    dw_strides = (C_in * R * S, R * S, S, 1)
+    return _Plan(dw_shape, ((nch1, C_out, R * S * C_in), (nch2, c_out_s, R * S * c_in_s)),
+                 ((nch1, C_out), (nch2, c_out_s)), flat, ints, grid,
+                 _reduce_args(nch1, nch2, C_out, c_out_s, R * S, C_in, c_in_s, S, dw_strides),
+                 _reduce_args(nch1, nch2, C_out, c_out_s, 1, 1, 1, 1, (1, 0, 0, 0)))
+
+
+def _reduce_args(nch1, nch2, co, co_s, taps, c, c_s, s, strides):
+    """(grid, int arguments) of a ``_reduce_kernel`` launch."""
+    return (cdiv(co * taps * c, REDUCE_BLOCK),), (nch1, nch2, co, co_s, taps, c, c_s, s, *strides)
+
+
+_wgrad_launcher, _reduce_launcher = Relauncher(_wgrad_kernel), Relauncher(_reduce_kernel)
+
+
+def _wgrad_launch(x_full, x_small, dz_full, dz_small, small_scale, kernel_size, stride, padding, dilation,
+                  need_bias):
+    """dW (and db when ``need_bias``, else None): the split-K launch, then the reductions."""
+    xf, xs, dzf, dzs = channels_last(x_full), channels_last(x_small), channels_last(dz_full), channels_last(dz_small)
+    dev, f32 = xf.device, torch.float32
+    plan = _wgrad_plan(xf.shape, xf.stride(), xs.shape, xs.stride(), dzf.shape, dzs.shape, kernel_size, stride,
+                       padding, dilation, dev)
+    dw = _alloc.empty(plan.dw_shape, dtype=xf.dtype, device=dev)
+    ws1, ws2 = (_alloc.empty(shape, dtype=f32, device=dev) for shape in plan.ws_shapes)
+    db, dbw1, dbw2 = None, ws1, ws2  # the kernel touches dbw only with HAS_BIAS
     if need_bias:
-        _reduce(dbw1, dbw2, db, nch1, nch2, C_out, c_out_s, 1, 1, 1, 1, (db.stride(0), 0, 0, 0))
+        db = _alloc.empty(plan.dw_shape[:1], dtype=xf.dtype, device=dev)
+        dbw1, dbw2 = (_alloc.empty(shape, dtype=f32, device=dev) for shape in plan.dbw_shapes)
+    _wgrad_launcher(
+        plan.grid, xf, xs, dzf, dzs, ws1 if small_scale is None else small_scale, ws1, ws2, dbw1, dbw2,
+        *plan.ints, FLAT=plan.flat, HAS_BIAS=need_bias, HAS_SCALE=small_scale is not None, UPCAST=UPCAST,
+        PREC=dot_precision(xf.dtype))
+    grid, ints = plan.reduce
+    _reduce_launcher(grid, ws1, ws2, dw, *ints, BLOCK=REDUCE_BLOCK)
+    if need_bias:
+        grid, ints = plan.reduce_bias
+        _reduce_launcher(grid, dbw1, dbw2, db, *ints, BLOCK=REDUCE_BLOCK)
     return dw, db
 
 
@@ -303,19 +343,9 @@ def _wgrad_launch(x_full, x_small, dz_full, dz_small, small_scale, kernel_size, 
 # Op registration and reference
 
 
-def _check_geometry(x_full, dz_full, kernel_size, stride, padding, dilation):
-    """Raise ValueError when dz's spatial size does not match the convolution of x (a caller bug)."""
-    for d in range(2):
-        want = conv_out_size(x_full.shape[2 + d], kernel_size[d], stride[d], padding[d], dilation[d])
-        if dz_full.shape[2 + d] != want:
-            raise ValueError(f"dz_full has spatial size {tuple(dz_full.shape[2:])}, but the convolution of x_full "
-                             f"{tuple(x_full.shape[2:])} gives {want} along dim {2 + d}")
-
-
 def wgrad_impl(x_full, x_small, dz_full, dz_small, small_scale, kernel_size, stride, padding, dilation, need_bias):
-    """The body of :func:`conv2d_wgrad`, callable without the custom-op dispatch (eager fast path)."""
-    _check_geometry(x_full, dz_full, kernel_size, stride, padding, dilation)
-    _check_geometry(x_small, dz_small, kernel_size, stride, padding, dilation)
+    """The body of :func:`conv2d_wgrad`, callable without the custom-op dispatch (eager fast path); db is
+    None unless ``need_bias``."""
     with on_device(x_full):
         return _wgrad_launch(x_full, x_small, dz_full, dz_small, dense(small_scale), tuple(kernel_size),
                              tuple(stride), tuple(padding), tuple(dilation), need_bias)
@@ -340,8 +370,9 @@ def conv2d_wgrad(x_full: torch.Tensor, x_small: torch.Tensor, dz_full: torch.Ten
     Raises:
         ValueError: dz's spatial size does not match the convolution geometry.
     """
-    return wgrad_impl(x_full, x_small, dz_full, dz_small, small_scale, kernel_size, stride, padding, dilation,
-                      need_bias)
+    dw, db = wgrad_impl(x_full, x_small, dz_full, dz_small, small_scale, kernel_size, stride, padding, dilation,
+                        need_bias)
+    return dw, (dw.new_empty((0,)) if db is None else db)
 
 
 @conv2d_wgrad.register_fake
