@@ -285,6 +285,61 @@ def test_prefetch_thread_changes_nothing(idx_dir, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def _train_direct(idx_dir, out, extra, device="cpu"):
+    """loop.train on parsed arguments, bypassing cli's device checks (so --cuda-graphs runs on the CPU, where
+    GraphedStep does everything but the capture). Returns (final checkpoint, metrics records)."""
+    from adjoined_kernels.train.loop import gpu_algorithms, train
+    args = cli.build_parser().parse_args(["--data-dir", str(idx_dir), "--subset", "96", "--epochs", "2",
+                                          "--out", str(out), *FAST, "--device", device, *extra])
+    ds = load_dataset(args.dataset, args.data_dir, args.image_size, args.subset, args.seed)
+    os.makedirs(out, exist_ok=True)
+    with gpu_algorithms(args.deterministic):
+        train(args, ds, torch.device(device), log=lambda *_: None)
+    recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    return torch.load(out / "checkpoint.pt", weights_only=False), recs
+
+
+def test_graphed_step_changes_nothing_on_cpu(idx_dir, tmp_path):
+    """Static buffers, lam as a device tensor, the warm-up and its buffer restore, fresh gradients per step:
+    everything --cuda-graphs does but the capture gives the eager run's bits (CPU)."""
+    a, ra = _train_direct(idx_dir, tmp_path / "eager", [])
+    b, rb = _train_direct(idx_dir, tmp_path / "graphs", ["--cuda-graphs"])
+    assert a["model"].keys() == b["model"].keys()
+    for k in a["model"]:  # running statistics included: the warm-up's updates were undone
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    for x, y in zip(ra, rb):
+        for k in ("loss", "ce", "kl", "train_acc_full", "train_acc_small", "lambda", "lr"):
+            assert x[k] == y[k], k
+
+
+def test_graphed_step_rejects_a_new_batch_shape():
+    from adjoined_kernels.train.graphed import GraphedStep
+    net = torch.nn.BatchNorm1d(3)
+    step = GraphedStep(net, lambda x, y, lam: net(x).sum() * lam, capture=False, warmup=1)
+    step(torch.randn(4, 3), torch.zeros(4, dtype=torch.long), 0.5)
+    with pytest.raises(ValueError, match="batch x has shape"):
+        step(torch.randn(5, 3), torch.zeros(5, dtype=torch.long), 0.5)
+
+
+def test_cuda_graphs_needs_a_cuda_device(idx_dir, tmp_path, capsys):
+    argv = ["--data-dir", str(idx_dir), "--out", str(tmp_path), *FAST, "--device", "cpu", "--cuda-graphs"]
+    assert cli.main(argv) == 2
+    assert "--cuda-graphs" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_cuda_graphs_train_like_eager_on_gpu(backend, idx_dir, tmp_path, device):
+    if device != "cuda":
+        pytest.skip("GPU only: captures CUDA graphs (test_graphed_step_changes_nothing_on_cpu covers the rest)")
+    extra = ["--deterministic", "--backend", backend]
+    a, ra = _train_direct(idx_dir, tmp_path / "eager", extra, device)
+    b, rb = _train_direct(idx_dir, tmp_path / "graphs", [*extra, "--cuda-graphs"], device)
+    for k in a["model"]:
+        torch.testing.assert_close(b["model"][k], a["model"][k], rtol=1e-4, atol=1e-5, msg=k)
+    for x, y in zip(ra, rb):
+        assert abs(x["loss"] - y["loss"]) <= 1e-4 * abs(x["loss"]), (x["loss"], y["loss"])
+
+
 @pytest.mark.parametrize("method", ["standard", "small"])
 def test_baselines(method, idx_dir, tmp_path):
     out = tmp_path / method

@@ -29,6 +29,7 @@ from .. import models as ak_models
 from ..export import export_full, export_small
 from ..ops.adjoined_loss import adjoined_loss
 from .data import Dataset, augmenting, epoch_generator, normalize, steps_per_epoch, train_batches
+from .graphed import GraphedStep
 
 # Arguments that must match between a checkpoint and the run that resumes it.
 RESUME_KEYS = ("method", "dataset", "arch", "width", "alpha", "stem", "epochs", "batch_size", "lr", "optimizer",
@@ -115,6 +116,26 @@ def forward_loss(net, method, x, y, lam, args):
     return (loss, out, None) if method == "standard" else (loss, None, out)
 
 
+def step_body(net, method, args, device, amp: bool, graphs: bool = False):
+    """``body(x, y, lam)``: forward, loss, backward, and the step's metric terms as a float64 tensor
+    ``[loss * batch, CE sum, KL sum, correct full, correct small]`` (0 for a branch the method lacks).
+    Nothing in it syncs with the host or makes a tensor from a host value, so a CUDA graph can capture it
+    (``graphs``: autocast's cache off). Gradients accumulate into ``.grad``: the caller zeroes them."""
+    def body(x, y, lam):
+        with _autocast(device, amp, cache=not graphs):
+            loss, lf, ls = forward_loss(net, method, x, y, lam, args)
+        loss.backward()
+        with torch.no_grad():
+            zero = loss.new_zeros((), dtype=torch.float64)
+            main = lf if lf is not None else ls
+            terms = [loss.detach().double() * y.shape[0], F.cross_entropy(main.float(), y, reduction="sum"),
+                     _kl(lf, ls, args.temperature) if method == "adjoined" else zero,
+                     (lf.argmax(-1) == y).sum() if lf is not None else zero,
+                     (ls.argmax(-1) == y).sum() if ls is not None else zero]
+            return torch.stack([t.double() for t in terms])
+    return body
+
+
 def _kl(lf, ls, temperature):
     lp = (lf.float() / temperature).log_softmax(-1)
     lq = (ls.float() / temperature).log_softmax(-1)
@@ -174,8 +195,11 @@ def _prep(x_u8, ds: Dataset, device, channels_last: bool):
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
-def _autocast(device, amp: bool):
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda")
+def _autocast(device, amp: bool, cache: bool = True):
+    # cache=False while capturing CUDA graphs: autocast's weight-cast cache must stay off then (PyTorch's
+    # CUDA-graph notes on AMP)
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda",
+                          cache_enabled=cache)
 
 
 def _prefetch(it, workers: int):
@@ -274,12 +298,17 @@ def train(args, ds: Dataset, device, log=print):
 
     method, amp = args.method, args.amp and device.type == "cuda"
     cl = channels_last_ok(net, device)
+    graphs = getattr(args, "cuda_graphs", False)
+    body = step_body(net, method, args, device, amp, graphs)
+    if graphs:  # captured at the first step, after any resume (the graph holds the parameters' addresses)
+        body = GraphedStep(net, body, capture=device.type == "cuda")
     run_epochs = 0
     for epoch in range(start_epoch, args.epochs):
         t0 = time.perf_counter()
         gen = epoch_generator(args.seed, epoch)
         net.train()
-        sums = torch.zeros(6, dtype=torch.float64, device=device)  # loss, ce, kl, correct_f, correct_s, n
+        sums = torch.zeros(5, dtype=torch.float64, device=device)  # loss, ce, kl, correct_f, correct_s
+        n = 0
         bar = tqdm(total=spe, desc=f"epoch {epoch + 1}/{args.epochs}", disable=not args.progress,
                    dynamic_ncols=True, leave=False, file=sys.stderr)
         lam = lr = 0.0
@@ -287,32 +316,20 @@ def train(args, ds: Dataset, device, log=print):
                                                args.workers)):
             lam = lambda_schedule(min(step / total, 1.0), args.lam_schedule, args.lam_scale)
             x, y = _prep(xb, ds, device, cl), yb.to(device, non_blocking=True)
-            with _autocast(device, amp):
-                loss, lf, ls = forward_loss(net, method, x, y, lam, args)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
+            if not graphs:
+                opt.zero_grad(set_to_none=True)
+            sums += body(x, y, lam)
             opt.step()
             lr = sched.get_last_lr()[0]  # the LR this step used
             sched.step()
             step += 1
-            with torch.no_grad():
-                b = y.shape[0]
-                main = lf if lf is not None else ls
-                ce = F.cross_entropy(main.float(), y, reduction="sum")
-                kl = _kl(lf, ls, args.temperature) if method == "adjoined" else torch.zeros((), device=device)
-                cf = (lf.argmax(-1) == y).sum() if lf is not None else 0
-                cs = (ls.argmax(-1) == y).sum() if ls is not None else 0
-                sums += torch.stack([loss.detach().double() * b, ce.double(), kl.double(),
-                                     torch.as_tensor(cf, device=device).double(),
-                                     torch.as_tensor(cs, device=device).double(),
-                                     torch.tensor(float(b), device=device, dtype=torch.float64)])
+            n += y.shape[0]
             bar.update(1)
             if args.progress and (i % 20 == 0 or i == spe - 1):
-                s = sums.tolist()
-                bar.set_postfix(loss=f"{s[0] / s[5]:.3f}", lam=f"{lam:.3f}", lr=f"{lr:.3g}")
+                bar.set_postfix(loss=f"{sums[0].item() / n:.3f}", lam=f"{lam:.3f}", lr=f"{lr:.3g}")
         bar.close()
         s = sums.tolist()
-        n = max(s[5], 1.0)
+        n = max(n, 1)
         t_train = time.perf_counter() - t0
         acc_f, acc_s = evaluate(net, method, ds, device, args.eval_batch_size, amp)
         dt = time.perf_counter() - t0
