@@ -27,8 +27,10 @@ def _conv_args(**over):
     (dict(x_full=[1.0]), TypeError, "x_full"),
 ])
 def test_conv_bad_inputs(over, exc, match):
-    with pytest.raises(exc, match=match):
-        ak.adjoined_conv2d(**_conv_args(**over))
+    ak.adjoined_conv2d(**_conv_args())  # valid arguments are remembered: the bad call must still be checked
+    for _ in range(2):  # and a failed check is not remembered
+        with pytest.raises(exc, match=match):
+            ak.adjoined_conv2d(**_conv_args(**over))
 
 
 def test_conv_mixed_devices():

@@ -33,6 +33,33 @@ def adjoined_conv2d_ref(x_full, x_small, weight, bias=None, stride=1, padding=0,
 
 
 def _validate(x_full, x_small, weight, bias, stride, padding, dilation, small_out_channels, small_scale):
+    """``(stride, padding, dilation, c_out_s)`` normalised, or TypeError/ValueError naming the argument.
+
+    A layer calls this with the same sizes, dtypes and devices at every step, so arguments that passed
+    are remembered by those (a few µs to look up; ~20 to check again); anything new, or not a tensor,
+    takes the full check, and so does every call under torch.compile (it traces the check once)."""
+    if torch.compiler.is_compiling():
+        return _check(x_full, x_small, weight, bias, stride, padding, dilation, small_out_channels, small_scale)
+    try:
+        key = tuple(None if t is None else (t.shape, t.dtype, t.device)
+                    for t in (x_full, x_small, weight, bias, small_scale))
+        key += tuple(tuple(v) if isinstance(v, list) else v for v in (stride, padding, dilation, small_out_channels))
+        hit = _VALID.get(key)
+    except (AttributeError, TypeError):  # a non-tensor, or an unhashable conv argument: the full check says
+        key = hit = None
+    if hit is None:
+        hit = _check(x_full, x_small, weight, bias, stride, padding, dilation, small_out_channels, small_scale)
+        if key is not None:
+            if len(_VALID) >= 4096:
+                _VALID.clear()
+            _VALID[key] = hit
+    return hit
+
+
+_VALID: dict = {}  # arguments that passed _check, by sizes, dtypes, devices and conv arguments
+
+
+def _check(x_full, x_small, weight, bias, stride, padding, dilation, small_out_channels, small_scale):
     check_tensor("x_full", x_full, 4)
     check_tensor("x_small", x_small, 4)
     check_tensor("weight", weight, 4)
