@@ -19,6 +19,7 @@ pytest.importorskip("triton", reason="triton is not installed")
 from adjoined_kernels.ops.conv_dgrad import conv2d_dgrad, conv2d_dgrad_ref  # noqa: E402
 from adjoined_kernels.ops.conv_fprop import (adjoined_conv2d_triton, conv2d_fprop,  # noqa: E402
                                              conv2d_fprop_ref)
+from adjoined_kernels.ops import conv_wgrad as cw  # noqa: E402
 from adjoined_kernels.ops.conv_wgrad import conv2d_wgrad, conv2d_wgrad_ref  # noqa: E402
 
 pytestmark = pytest.mark.skipif("triton" not in ak.available_backends(),
@@ -274,11 +275,16 @@ def test_dgrad_wgrad_ops_match_ref(device):
         torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("offsets", ["i32", "i64"])
 @pytest.mark.parametrize("n,c,c_s,hw", [(3, 5, 2, (9, 9)), (2, 40, 8, (7, 11))], ids=["flat", "tap_major"])
-def test_wgrad_split_k_row_carries(n, c, c_s, hw, device):
+def test_wgrad_split_k_row_carries(n, c, c_s, hw, offsets, device, monkeypatch):
     """wgrad over K-chunks of several BK steps each, with output planes larger and smaller than BK rows
     (the (n, p, q) carries wrap across images), FLAT and tap-major tiles (the second with C_in >= 32 >
-    c_in_s), small_scale and db, against torch.nn.grad in fp32."""
+    c_in_s), small_scale and db, against torch.nn.grad in fp32; with the K loop's 32-bit row offsets and,
+    forced, the 64-bit ones that large tensors take."""
+    if offsets == "i64":
+        monkeypatch.setattr(cw, "I64_FROM", 0)
+    cw._wgrad_plan.cache_clear()  # plans hold the choice
     g = torch.Generator().manual_seed(5)
 
     def r(*shape):
@@ -291,6 +297,22 @@ def test_wgrad_split_k_row_carries(n, c, c_s, hw, device):
     with no_tf32():
         for got, ref in zip(conv2d_wgrad(*args), conv2d_wgrad_ref(*args)):
             torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-3)
+    cw._wgrad_plan.cache_clear()
+
+
+def test_wgrad_offsets_widen_for_large_tensors():
+    """The K loop's row offsets are 64-bit exactly when a tensor spans I64_FROM elements or more (x by its
+    strides: a strided view spans more than it holds)."""
+    def plan(x_size, x_stride, n=2):
+        dz = (n, 8, x_size[2], x_size[3])
+        return cw._wgrad_plan(x_size, x_stride, (n, 4, 8, 8), (256, 1, 32, 4), dz, (n, 4, 8, 8), (1, 1),
+                              (1, 1), (0, 0), (1, 1), torch.device("cpu"))
+    hw = 2 ** 12
+    small = plan((2, 8, 8, 8), (512, 1, 64, 8))
+    big = plan((2, 8, hw, hw), (8 * hw * hw, 1, 8 * hw, 8))          # 2 * 2**27 elements: 2**28
+    strided = plan((2, 8, 8, 8), (2 ** 30, 1, 64, 8))                # 128 KB of values, 2**30 apart
+    assert (small.i64, big.i64, strided.i64) == (False, False, True)
+    assert plan((16, 8, hw, hw), (8 * hw * hw, 1, 8 * hw, 8), n=16).i64  # 2**31 elements
 
 
 @pytest.mark.parametrize("bias,scale", [(True, True), (False, False)])

@@ -17,6 +17,7 @@ The chunk count is picked on the host to give about two work items per SM, at le
 from __future__ import annotations
 
 import functools
+import math
 from typing import Callable, NamedTuple, Optional
 
 import torch
@@ -67,7 +68,7 @@ def _rows_next(n, p, q, dn, dp, dq, P, Q):
 def _wgrad_tile(x, dz, scale, ws, dbw, small, chunk, kch, tm, tn, NB, H, W, P, Q, C, Co, R, S,
                 sh, sw, ph, pw, dh, dw, sxn, sxh, sxw, sxc,
                 FLAT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SCALE: tl.constexpr, UPCAST: tl.constexpr,
-                PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+                I64: tl.constexpr, PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
     """Partial dW tile of one branch over rows ``[chunk·kch, (chunk+1)·kch)`` of K, written to ws[chunk].
 
     Rows are output channels ``co < Co``; columns index the flattened (tap, input channel) axis of
@@ -113,7 +114,10 @@ def _wgrad_tile(x, dz, scale, ws, dbw, small, chunk, kch, tm, tn, NB, H, W, P, Q
     dbacc = tl.zeros((BM,), dtype=tl.float32)
     for _ in range(k_lo, k_hi, BK):
         rok = rows < k_hi
-        a = tl.load(dz + (rows.to(tl.int64) * Co)[None, :] + offs_m[:, None],
+        # 32-bit row offsets unless the host says a tensor is too large (I64): the 64-bit products were a
+        # fifth of the loop's sm_90 instructions (tools/conv_sass_report.py)
+        krow = rows.to(tl.int64) * Co if I64 else rows * Co
+        a = tl.load(dz + krow[None, :] + offs_m[:, None],
                     mask=mmask[:, None] & rok[None, :], other=0.0)
         if HAS_BIAS:
             dbacc += tl.sum(a.to(tl.float32), axis=1)
@@ -122,7 +126,8 @@ def _wgrad_tile(x, dz, scale, ws, dbw, small, chunk, kch, tm, tn, NB, H, W, P, Q
         h = hb[:, None] + rd
         w = wb[:, None] + sd
         valid = rok[:, None] & (h >= 0) & (h < H) & (w >= 0) & (w < W)
-        xrow = (n.to(tl.int64) * sxn + hb * sxh + wb * sxw)[:, None]
+        nrow = n.to(tl.int64) * sxn if I64 else n * sxn
+        xrow = (nrow + hb * sxh + wb * sxw)[:, None]
         b = tl.load(x + xrow + coff, mask=valid & nmask[None, :], other=0.0)
         if UPCAST:
             a = a.to(tl.float32)
@@ -155,14 +160,14 @@ def _dims(a):
 
 @triton.autotune(configs=configs(GEMM_SPACE, INTERP_GEMM), prune_configs_by=gemm_prune(_dims),
                  key=["N1", "P1", "Q1", "N2", "P2", "Q2", "C_in", "c_in_s", "C_out", "c_out_s", "R", "S",
-                      "kch", "HAS_BIAS", "HAS_SCALE", "PREC"], cache_results=CACHE_TUNING)
+                      "kch", "HAS_BIAS", "HAS_SCALE", "I64", "PREC"], cache_results=CACHE_TUNING)
 @triton.jit
 def _wgrad_kernel(xf, xs, dzf, dzs, scale, ws1, ws2, dbw1, dbw2,
                   N1, H1, W1, P1, Q1, N2, H2, W2, P2, Q2, C_in, c_in_s, C_out, c_out_s, R, S,
                   sh, sw, ph, pw, dh, dw, nch1, kch,
                   sxf_n, sxf_h, sxf_w, sxf_c, sxs_n, sxs_h, sxs_w, sxs_c,
                   FLAT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SCALE: tl.constexpr,
-                  UPCAST: tl.constexpr, PREC: tl.constexpr,
+                  UPCAST: tl.constexpr, I64: tl.constexpr, PREC: tl.constexpr,
                   BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr):
     pid = tl.program_id(0)
     nm1 = tl.cdiv(C_out, BM)
@@ -183,7 +188,7 @@ def _wgrad_kernel(xf, xs, dzf, dzs, scale, ws1, ws2, dbw1, dbw2,
                 tl.where(full, N1, N2), tl.where(full, H1, H2), tl.where(full, W1, W2), tl.where(full, P1, P2),
                 tl.where(full, Q1, Q2), tl.where(full, C_in, c_in_s), tl.where(full, C_out, c_out_s), R, S,
                 sh, sw, ph, pw, dh, dw, sx_n, sx_h, sx_w, sx_c,
-                FLAT, HAS_BIAS, HAS_SCALE, UPCAST, PREC, BM, BN, BK)
+                FLAT, HAS_BIAS, HAS_SCALE, UPCAST, I64, PREC, BM, BN, BK)
 
 
 @triton.jit
@@ -252,12 +257,25 @@ def _splits(k1, k2, tiles1, tiles2, device):
     return kch, cdiv(k1, kch), cdiv(k2, kch)
 
 
+# Tensors spanning this many elements or more get 64-bit offsets in wgrad's K loop. With 32-bit ones, an
+# element the loop loads lies inside its tensor's span, and the partial sums on the way stay within a
+# padding's worth of it (2**30 leaves room); masked-off elements (rows past K, taps in the padding) may wrap,
+# but a masked load never dereferences them.
+I64_FROM = 2 ** 30
+
+
+def _span(size, stride) -> int:
+    """Elements from a tensor's first to its last, + 1 (its storage extent)."""
+    return 1 + sum((s - 1) * st for s, st in zip(size, stride)) if all(size) else 0
+
+
 class _Plan(NamedTuple):
     """What a wgrad launch needs that depends only on sizes and strides (see ``_wgrad_plan``)."""
     dw_shape: tuple
     ws_shapes: tuple    # the fp32 split-K workspaces of the two branches
     dbw_shapes: tuple   # and of the bias
     flat: bool
+    i64: bool           # 64-bit row offsets in the K loop (see I64_FROM)
     ints: tuple         # _wgrad_kernel's int arguments
     grid: Callable
     reduce: tuple       # (grid, ints) of the dW reduction
@@ -288,6 +306,8 @@ def _wgrad_plan(xf_size, xf_stride, xs_size, xs_stride, dzf_size, dzs_size, kern
     kch, nch1, nch2 = _splits(k1, k2, cdiv(C_out, nominal) * cdiv(R * S * C_in, nominal),
                               cdiv(c_out_s, nominal) * cdiv(R * S * c_in_s, nominal), device)
     flat = C_in < FLAT_BELOW
+    i64 = max(_span(xf_size, xf_stride), _span(xs_size, xs_stride), math.prod(dzf_size), math.prod(dzs_size)) \
+        >= I64_FROM
     ints = (N1, H1, W1, dzf_size[2], dzf_size[3], N2, H2, W2, dzs_size[2], dzs_size[3],
             C_in, c_in_s, C_out, c_out_s, R, S, *stride, *padding, *dilation, nch1, kch,
             *nhwc_order(xf_stride), *nhwc_order(xs_stride))
@@ -301,7 +321,7 @@ def _wgrad_plan(xf_size, xf_stride, xs_size, xs_stride, dzf_size, dzs_size, kern
     dw_shape = (C_out, C_in, R, S)  # contiguous
     dw_strides = (C_in * R * S, R * S, S, 1)
     return _Plan(dw_shape, ((nch1, C_out, R * S * C_in), (nch2, c_out_s, R * S * c_in_s)),
-                 ((nch1, C_out), (nch2, c_out_s)), flat, ints, grid,
+                 ((nch1, C_out), (nch2, c_out_s)), flat, i64, ints, grid,
                  _reduce_args(nch1, nch2, C_out, c_out_s, R * S, C_in, c_in_s, S, dw_strides),
                  _reduce_args(nch1, nch2, C_out, c_out_s, 1, 1, 1, 1, (1, 0, 0, 0)))
 
@@ -330,7 +350,7 @@ def _wgrad_launch(x_full, x_small, dz_full, dz_small, small_scale, kernel_size, 
     _wgrad_launcher(
         plan.grid, xf, xs, dzf, dzs, ws1 if small_scale is None else small_scale, ws1, ws2, dbw1, dbw2,
         *plan.ints, FLAT=plan.flat, HAS_BIAS=need_bias, HAS_SCALE=small_scale is not None, UPCAST=UPCAST,
-        PREC=dot_precision(xf.dtype))
+        I64=plan.i64, PREC=dot_precision(xf.dtype))
     grid, ints = plan.reduce
     _reduce_launcher(grid, ws1, ws2, dw, *ints, BLOCK=REDUCE_BLOCK)
     if need_bias:
