@@ -157,6 +157,18 @@ def test_triton_matches_reference(device, reduction, eps, T, path, dtype):
     _compare(lf, ls, t, 0.7, go, eps=eps, temperature=T, reduction=reduction, max_block=max_block)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("path", ["registers", "chunked"])
+@pytest.mark.parametrize("eps", [1e-30, 0.3])
+def test_triton_eps_extremes(device, eps, path, dtype):
+    """eps below 2^-60 (two reciprocals per class) and a large eps (one reciprocal of (p+eps)(q+eps))."""
+    from adjoined_kernels.ops.adjoined_loss import _eps_mode
+    assert _eps_mode(eps) == (1 if eps < 2.0 ** -60 else 2)
+    lf, ls, t = _inputs(4, 37, dtype, device, seed=3, ignored=(2,))
+    go = _grad_out("mean", 4, dtype, device)
+    _compare(lf, ls, t, 0.7, go, eps=eps, reduction="mean", max_block=16 if path == "chunked" else 8192)
+
+
 @pytest.mark.parametrize("path", ["registers", "chunked"])
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 def test_triton_all_rows_ignored(device, reduction, path):

@@ -125,7 +125,7 @@ def case(dtype, C, eps, T, warps=None, chunk=None, inplace=False, maxnreg=None, 
     finally:
         L.CHUNK = saved
     warps = warps or plan_warps
-    const = dict(BASE, R=r, V=v, EPS_POS=eps > 0, T_ONE=T == 1.0, **constexprs)
+    const = dict(BASE, R=r, V=v, EPS_POS=L._eps_mode(eps), T_ONE=T == 1.0, **constexprs)
     path = "row"
     if kernel is L._loss_chunked_kernel:
         const["INPLACE"] = inplace
@@ -176,7 +176,7 @@ def check_unpacking() -> int:
         for C in (37, 32768):
             for eps, T in ((1e-6, 1.0), (1e-6, 2.0), (0.0, 1.0)):
                 kernel, r, v, warps = L._plan(C, ESIZE[dtype], L.MAX_BLOCK)
-                const = dict(BASE, R=r, V=v, EPS_POS=eps > 0, T_ONE=T == 1.0)
+                const = dict(BASE, R=r, V=v, EPS_POS=L._eps_mode(eps), T_ONE=T == 1.0)
                 comp, _ = _compile(kernel, dtype, const, warps, L.MAXNREG)
                 sites, faults = unpack_zero_faults(comp.asm["ptx"], dtype)
                 ok = sites > 0 and not faults

@@ -24,33 +24,36 @@ host (lam, n_valid and grad_output stay on the device); under "mean"/"sum" a one
   logits are read twice (eps == 0) or three times (eps > 0).
 - Per class, both paths work in base 2: a probability is one FFMA and one MUFU.EX2 (p = 2^(lf*ct -
   lse2)); with T == 1, p1 == p is computed once. For eps > 0, log((p+eps)/(q+eps)) is one lg2.approx of
-  a ratio whose 1/(q+eps) is needed anyway, and the reciprocals are rcp.approx: 5 MUFU for p, q,
-  1/(p+eps), 1/(q+eps) and the log (``tl.log`` would be a ~50-instruction polynomial per call).
+  a ratio whose 1/(q+eps) is needed anyway, and both reciprocals come from one rcp.approx of
+  (p+eps)(q+eps) (for eps >= 2^-60, where that product is a normal number): 4 MUFU for p, q, the
+  reciprocals and the log (``tl.log`` would be a ~50-instruction polynomial per call).
 
 ptxas figures for sm_90 (``python tools/loss_ptxas_report.py``: Triton 3.8 with its ptxas 12.9; Triton 3.6
 with ptxas 12.8 gives the same counts within 2%, and 0-20 B of spill). They are compiler counts, not GPU
 timings. Per class = per class and thread; spill = bytes stored/loaded per thread.
 
     register path, bf16, C=32768, 32 warps   regs  spill    instr/class  MUFU/class  BAR
-      eps=1e-6, T=1                            64   0/0         69.0        12.1      12
-      eps=1e-6, T=2                            64   0/0         75.2        14.1      12
+      eps=1e-6, T=1                            64   0/0         73.0        10.1      12
+      eps=1e-6, T=2                            64   0/0         79.2        12.1      12
       eps=0,    T=1                            64   0/0         48.0         4.1       8
       eps=0,    T=2                            64   32/32       55.2         6.1       8
-    same at C=8192 (8 warps) and 16384 (16 warps); fp32 C=16384: 0 spill, 62-91 instr/class.
+    same at C=8192 (8 warps) and 16384 (16 warps); fp32 C=16384: 0 spill, 62-95 instr/class.
+    with two rcp per class (before the shared one): 69.0 / 12.1 and 75.2 / 14.1 for eps=1e-6.
     before (fp32 rows, 32 warps): 8192 no spill, 16384 296/332, 32768 1476/1912 (eps=1e-6, T=1),
       75-178 instr/class, hence the old 8192 limit.
 
     chunked path, bf16, 8 warps, 16 classes/thread/iteration: per-loop instr/class, MUFU/class, BAR
-      eps=1e-6, T=1   pass 1: 14.8, 2.25, 0   pass 2: 22.2, 5.0, 0   pass 3: 27.6, 5.0, 0 (1 in place)
-      eps=1e-6, T=2   pass 1: 18.2, 3.38, 0   pass 2: 22.2, 5.0, 0   pass 3: 31.2, 6.0, 0
+      eps=1e-6, T=1   pass 1: 14.8, 2.25, 0   pass 2: 24.2, 4.0, 0   pass 3: 29.6, 4.0, 0 (1 in place)
+      eps=1e-6, T=2   pass 1: 18.2, 3.38, 0   pass 2: 24.2, 4.0, 0   pass 3: 33.2, 5.0, 0
       eps=0,    T=1   pass 1: 19.9, 2.25, 0                          pass 2: 22.0, 2.0, 0
     before (CHUNK=2048, 8 classes/thread/chunk, eps=1e-6, T=1): pass 1: 33.0, 2.25, 8 barriers per chunk;
       pass 2: 92.4, 4.0 (two polynomial logs per class); pass 3: 110.8, 4.0, 1 barrier per chunk.
 
 What that suggests, to be measured on a GPU (H100: 16 MUFU and 128 other results per clock per SM, about
 12 bytes of DRAM traffic per clock per SM at 3 TB/s): a bf16 class of the register path moves 8 bytes
-(0.6-0.7 clock), so eps == 0 should be memory-bound, while eps > 0 issues 12-14 MUFU per class (0.75-0.9
-clock, against about 1.2 clocks of issue for the old path's 159 instructions per class). A 32K row takes
+(0.6-0.7 clock), so eps == 0 should be memory-bound, while eps > 0 issues 10-12 MUFU per class (0.6-0.75
+clock; 12-14 with two reciprocals, the version H100 run4 measured at 59% of HBM bandwidth at B=4096,
+C=32000), against about 1.2 clocks of issue for the old path's 159 instructions per class. A 32K row takes
 a whole SM (one CTA), so its loads do not overlap another row's work on that SM. The chunked path's 3
 passes move 16 bytes per bf16 class for eps > 0 (about 1.3 clocks) against 0.8 clock of MUFU. The backward
 multiplies both saved gradients by grad_output: another read and write of each, outside these kernels.
@@ -273,14 +276,23 @@ def _combine_lanes(m_x, m_y, s1, sp, sq, sn, ct, inv_t):
 
 
 @_jit
-def _eps_terms(x, y, ct, lse2_p, lse2_q, eps, FAST: tl.constexpr):
-    """eps > 0: p, q, 1/(q+eps), log2((p+eps)/(q+eps)) and p/(p+eps) per class. 5 MUFU (2 exp2, 2 rcp,
-    1 log2: the log of the ratio instead of a difference of logs, since 1/(q+eps) is needed anyway)."""
+def _eps_terms(x, y, ct, lse2_p, lse2_q, eps, EPS_POS: tl.constexpr, FAST: tl.constexpr):
+    """eps > 0: p, q, 1/(q+eps), log2((p+eps)/(q+eps)) and p/(p+eps) per class: 2 exp2, 1 log2 (of the
+    ratio: 1/(q+eps) is needed anyway) and, with EPS_POS == 2, one rcp of (p+eps)(q+eps) for both
+    reciprocals (3 FMUL instead of a MUFU; the register path is MUFU-bound). The product is >= eps^2, a
+    normal fp32 number only for eps >= 2^-60: below that (EPS_POS == 1) two rcp."""
     p = tl.exp2(x * ct - lse2_p)
     q = tl.exp2(y * ct - lse2_q)
     pe = p + eps
-    rq = _rcp(q + eps, FAST)
-    return p, q, rq, _log2(pe * rq, FAST), p * _rcp(pe, FAST)
+    qe = q + eps
+    if EPS_POS == 2:
+        r = _rcp(pe * qe, FAST)
+        rq = pe * r
+        rp = qe * r
+    else:
+        rq = _rcp(qe, FAST)
+        rp = _rcp(pe, FAST)
+    return p, q, rq, _log2(pe * rq, FAST), p * rp
 
 
 @_jit
@@ -307,7 +319,7 @@ def _grads(x, y, is_t, ct, inv_t, lse2_1, lse2_p, lse2_q, eps, pb, rs, ce_coef, 
     """d/dlogits_full and d/dlogits_small (DESIGN §1) in fp32, recomputed from the logits: the true class's
     p1 - 1 is formed in fp32. With T == 1, p1 == p is computed once."""
     if EPS_POS:
-        p, q, rq, d2, w = _eps_terms(x, y, ct, lse2_p, lse2_q, eps, FAST)
+        p, q, rq, d2, w = _eps_terms(x, y, ct, lse2_p, lse2_q, eps, EPS_POS, FAST)
         dev = d2 * _LN2 + w - pb                      # b - <p, b>
         g_small = kl_small * q * (rs - p * rq)        # lam T (q sum r - r)
     else:
@@ -395,19 +407,21 @@ def _row_sums(x0, x1, x2, x3, y0, y1, y2, y3, mx, my, ct, inv_t, T_ONE: tl.const
 
 
 @_jit
-def _part_eps_sums(xs, ys, key, ct, lse2_p, lse2_q, eps, FAST: tl.constexpr):
+def _part_eps_sums(xs, ys, key, ct, lse2_p, lse2_q, eps, EPS_POS: tl.constexpr, FAST: tl.constexpr):
     """Per lane of one part: the eps > 0 sums of ``_eps_products``."""
-    a, b, c = _eps_products(*_eps_terms(_f32(xs, key, FAST), _f32(ys, key, FAST), ct, lse2_p, lse2_q, eps, FAST))
+    a, b, c = _eps_products(*_eps_terms(_f32(xs, key, FAST), _f32(ys, key, FAST), ct, lse2_p, lse2_q, eps,
+                                        EPS_POS, FAST))
     return tl.sum(a, 1), tl.sum(b, 1), tl.sum(c, 1)
 
 
 @_jit
-def _row_eps_sums(x0, x1, x2, x3, y0, y1, y2, y3, ct, lse2_p, lse2_q, eps, FAST: tl.constexpr):
+def _row_eps_sums(x0, x1, x2, x3, y0, y1, y2, y3, ct, lse2_p, lse2_q, eps, EPS_POS: tl.constexpr,
+                  FAST: tl.constexpr):
     """Phase 3 (eps > 0): KL/ln2, <p, b> - KL and sum r, in one CTA-wide reduction; parts keyed in a chain."""
-    a0, b0, c0 = _part_eps_sums(x0, y0, lse2_p, ct, lse2_p, lse2_q, eps, FAST)
-    a1, b1, c1 = _part_eps_sums(x1, y1, a0[:, None], ct, lse2_p, lse2_q, eps, FAST)
-    a2, b2, c2 = _part_eps_sums(x2, y2, a1[:, None], ct, lse2_p, lse2_q, eps, FAST)
-    a3, b3, c3 = _part_eps_sums(x3, y3, a2[:, None], ct, lse2_p, lse2_q, eps, FAST)
+    a0, b0, c0 = _part_eps_sums(x0, y0, lse2_p, ct, lse2_p, lse2_q, eps, EPS_POS, FAST)
+    a1, b1, c1 = _part_eps_sums(x1, y1, a0[:, None], ct, lse2_p, lse2_q, eps, EPS_POS, FAST)
+    a2, b2, c2 = _part_eps_sums(x2, y2, a1[:, None], ct, lse2_p, lse2_q, eps, EPS_POS, FAST)
+    a3, b3, c3 = _part_eps_sums(x3, y3, a2[:, None], ct, lse2_p, lse2_q, eps, EPS_POS, FAST)
     return tl.reduce((a0 + a1 + a2 + a3, b0 + b1 + b2 + b3, c0 + c1 + c2 + c3), 0, _add3)
 
 
@@ -465,7 +479,7 @@ def _loss_row_kernel(lf_ptr, ls_ptr, tgt_ptr, lam_ptr, nvalid_ptr, loss_ptr, gf_
     spw = 0.0
     rs = 0.0
     if EPS_POS:
-        kl2, spw, rs = _row_eps_sums(x0, x1, x2, x3, y0, y1, y2, y3, ct, lse2_p, lse2_q, eps, FAST)
+        kl2, spw, rs = _row_eps_sums(x0, x1, x2, x3, y0, y1, y2, y3, ct, lse2_p, lse2_q, eps, EPS_POS, FAST)
     kl, pb = _kl_terms(lse2_p, lse2_q, e_pd, kl2, spw, EPS_POS)
     ce_scale, kl_scale = _scales(tgt_ptr, nvalid_ptr, B, ignore_index, REDUCTION, COUNT_INLINE, BLOCK_B)
     ce_coef, kl_full, kl_small, w = _coefs(lam_ptr, lam, temp, valid, ce_scale, kl_scale, LAM_PTR, DETACH)
@@ -527,7 +541,7 @@ def _stats_pass(lf_row, ls_row, C, ct, inv_t, R: tl.constexpr, V: tl.constexpr, 
 
 @_jit
 def _eps_pass(lf_row, ls_row, C, ct, lse2_p, lse2_q, eps, R: tl.constexpr, V: tl.constexpr,
-              FAST: tl.constexpr):
+              EPS_POS: tl.constexpr, FAST: tl.constexpr):
     """Pass 2 (eps > 0 only: log(p + eps) needs the final normalisers): KL/ln2, <p, b> - KL and sum r,
     accumulated per lane (in-thread) and reduced once after the loop."""
     kl2 = tl.zeros([R], dtype=tl.float32)
@@ -537,7 +551,7 @@ def _eps_pass(lf_row, ls_row, C, ct, lse2_p, lse2_q, eps, R: tl.constexpr, V: tl
         offs = _chunk_offsets(start, R, V)
         mask = offs < C
         p, q, rq, d2, w = _eps_terms(_load_f32(lf_row, offs, mask), _load_f32(ls_row, offs, mask), ct, lse2_p,
-                                     lse2_q, eps, FAST)
+                                     lse2_q, eps, EPS_POS, FAST)
         a, b, c = _eps_products(p, q, rq, d2, w)
         kl2 += tl.sum(a, 1)
         spw += tl.sum(b, 1)
@@ -588,7 +602,7 @@ def _loss_chunked_kernel(lf_ptr, ls_ptr, tgt_ptr, lam_ptr, nvalid_ptr, loss_ptr,
     spw = 0.0
     rs = 0.0
     if EPS_POS:
-        kl2, spw, rs = _eps_pass(lf_row, ls_row, C, ct, lse2_p, lse2_q, eps, R, V, FAST)
+        kl2, spw, rs = _eps_pass(lf_row, ls_row, C, ct, lse2_p, lse2_q, eps, R, V, EPS_POS, FAST)
     kl, pb = _kl_terms(lse2_p, lse2_q, e_pd, kl2, spw, EPS_POS)
     ce_scale, kl_scale = _scales(tgt_ptr, nvalid_ptr, B, ignore_index, REDUCTION, COUNT_INLINE, BLOCK_B)
     ce_coef, kl_full, kl_small, w = _coefs(lam_ptr, lam, temp, valid, ce_scale, kl_scale, LAM_PTR, DETACH)
@@ -639,6 +653,12 @@ def _next_pow2(n: int) -> int:
     return 1 if n <= 1 else 1 << (n - 1).bit_length()
 
 
+def _eps_mode(eps: float) -> int:
+    """The kernels' EPS_POS: 0 for eps == 0, 2 where one rcp serves both 1/(p+eps) and 1/(q+eps)
+    (``_eps_terms``), 1 for 0 < eps < 2^-60."""
+    return 0 if eps == 0 else 2 if eps >= 2.0 ** -60 else 1
+
+
 def _device_ctx(t: torch.Tensor):
     return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
@@ -658,7 +678,7 @@ def _launch(lf, ls, target, lam_t, lam, eps, temperature, reduction, ignore_inde
     interpreting = triton_interpreting()
     rtne = interpreting and lf.dtype == torch.bfloat16
     meta = dict(BLOCK_B=min(_next_pow2(B), 1024), REDUCTION=red, LAM_PTR=lam_t is not None,
-                COUNT_INLINE=count_inline, EPS_POS=eps > 0, T_ONE=temperature == 1.0, DETACH=detach_full,
+                COUNT_INLINE=count_inline, EPS_POS=_eps_mode(eps), T_ONE=temperature == 1.0, DETACH=detach_full,
                 GRAD=compute_grad, MANUAL_RTNE=rtne, FAST=not interpreting)
     # eps is only ever added to a probability before rcp/lg2.approx.ftz: keep it a normal fp32 number
     eps_k = max(float(eps), 2.0 ** -126) if eps > 0 else 0.0
