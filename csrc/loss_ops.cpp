@@ -1,5 +1,6 @@
 // ATen side of the fused adjoined loss op: checks, allocation, launches (kernels in adjoined_loss.cu).
 
+#include <algorithm>
 #include "host_common.h"
 #include "ops.h"
 
@@ -54,7 +55,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> adjoined_loss_fwd_cuda(
   p.lam = lamf.data_ptr<float>();
   p.gf = compute_grad ? gf.data_ptr() : nullptr;
   p.gs = compute_grad ? gs.data_ptr() : nullptr;
-  p.eps = static_cast<float>(eps);
+  // eps only ever meets probabilities in the kernel's rcp/lg2.approx.ftz: keep it a normal fp32 number
+  p.eps = eps > 0.0 ? std::max(static_cast<float>(eps), 0x1p-126f) : 0.f;
   p.temp = static_cast<float>(temperature);
   p.inv_t = static_cast<float>(1.0 / temperature);
   p.ignore_index = ignore_index;

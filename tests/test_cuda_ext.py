@@ -368,6 +368,26 @@ def test_loss_vs_float64(shape, dtype, reduction):
 
 
 @needs_gpu
+@pytest.mark.parametrize("eps", [1e-30, 0.3])
+def test_loss_eps_extremes(eps):
+    """eps below 2^-60 (two reciprocals per class) and a large eps (one of (p+eps)(q+eps)), T != 1."""
+    _, loss_cuda = _load()
+    gen = torch.Generator(device=DEV).manual_seed(9)
+    lf = (torch.randn(3, 300, generator=gen, device=DEV) * 4).requires_grad_(True)
+    ls = (torch.randn(3, 300, generator=gen, device=DEV) * 4).requires_grad_(True)
+    tg = torch.tensor([5, -100, 299], device=DEV)
+    kw = dict(eps=eps, temperature=1.5)
+    out = loss_cuda.adjoined_loss_cuda(lf, ls, tg, 0.6, **kw)
+    lfd, lsd = lf.detach().double().requires_grad_(True), ls.detach().double().requires_grad_(True)
+    ref = ak.adjoined_loss_ref(lfd, lsd, tg, 0.6, **kw)
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-6)
+    out.backward()
+    ref.backward()
+    torch.testing.assert_close(lf.grad.double(), lfd.grad, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(ls.grad.double(), lsd.grad, rtol=1e-4, atol=1e-6)
+
+
+@needs_gpu
 def test_loss_no_grad_skips_gradients():
     _, loss_cuda = _load()
     lf = torch.randn(6, 50, device=DEV)

@@ -62,6 +62,8 @@ for shape in t.LOSS_SHAPES:
     for dtype in t.DTYPES:
         for red in ("mean", "sum", "none"):
             run("loss", t.test_loss_vs_float64, shape, dtype, red)
+for eps in (1e-30, 0.3):
+    run("loss_eps", t.test_loss_eps_extremes, eps)
 run("loss_no_grad", t.test_loss_no_grad_skips_gradients)
 run("loss_all_ignored", t.test_loss_all_rows_ignored_mean)
 print("FAILED:", failed if failed else "none")
