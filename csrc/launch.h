@@ -114,7 +114,9 @@ struct LossParams {
   int detach = 0;
 };
 
-constexpr int kLossCountInlineMax = 4096;  // "mean": rows count valid targets themselves up to this B
+// "mean": rows count the valid targets themselves up to this B, as the Triton kernel does; beyond it, every
+// row loading all B targets (B^2 loads: 16M at B=4096) costs more than one counting launch.
+constexpr int kLossCountInlineMax = 1024;
 
 void launch_loss_count(const void* target, int tgt64, int64_t ignore_index, int B, int* out, cudaStream_t stream);
 void launch_loss_rows(const LossParams& p, DType dt, cudaStream_t stream);
