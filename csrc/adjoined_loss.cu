@@ -1,5 +1,6 @@
-// Fused adjoined loss (DESIGN §1; seeds/000 Def. 1, Eq. 3): one block per row computes the row's loss
-// term and both gradients in the forward pass, over rows of any length C:
+// Fused adjoined loss (DESIGN §1; seeds/000 Def. 1, Eq. 3): one warp per row (C <= kWarpRowMax, reductions
+// by shuffles only) or one block per row computes the row's loss term and both gradients in the forward
+// pass, over rows of any length C:
 //   pass 1: online log-sum-exp of lf, lf/T and ls/T (and, for eps == 0, E_p[lf/T - ls/T] under the
 //           same rescaling), in base 2, each thread rescaling once per kBatch of its elements; merged
 //           across the block;
@@ -18,6 +19,7 @@ namespace adjoined {
 namespace dev {
 
 constexpr int kLossThreads = 256;
+constexpr int kWarpRowMax = 2048;  // rows up to this many classes take one warp each (64 classes per thread)
 constexpr int kBatch = 8;  // pass 1: elements per thread between rescales of its running sums
 constexpr float kNegInf = -INFINITY;
 constexpr float kLog2e = 1.4426950408889634f, kLn2 = 0.6931471805599453f;
@@ -74,9 +76,10 @@ __device__ __forceinline__ void merge(float& m, float& s, float& n, float m2, fl
   m = mx;
 }
 
-// Block-wide merge of three running (max, sum, num) triples; every thread gets the result.
-__device__ void block_merge3(float (&m)[3], float (&s)[3], float (&n)[3]) {
-  __shared__ float sh[kLossThreads / 32][9];
+// Merge of three running (max, sum, num) triples over a row's G threads (a warp, or the block); every thread
+// gets the result.
+template <int G>
+__device__ void group_merge3(float (&m)[3], float (&s)[3], float (&n)[3]) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 #pragma unroll
   for (int off = 16; off > 0; off >>= 1) {
@@ -88,6 +91,8 @@ __device__ void block_merge3(float (&m)[3], float (&s)[3], float (&n)[3]) {
       merge(m[k], s[k], n[k], m2, s2, n2);
     }
   }
+  if constexpr (G == 32) return;
+  __shared__ float sh[kLossThreads / 32][9];
   if (lane == 0)
 #pragma unroll
     for (int k = 0; k < 3; ++k) {
@@ -106,15 +111,16 @@ __device__ void block_merge3(float (&m)[3], float (&s)[3], float (&n)[3]) {
   __syncthreads();
 }
 
-// Block-wide sums of N floats; every thread gets the result.
-template <int N>
-__device__ void block_sum(float (&v)[N]) {
-  __shared__ float sh[kLossThreads / 32][N];
+// Sums of N floats over a row's G threads (a warp, or the block); every thread gets the result.
+template <int N, int G>
+__device__ void group_sum(float (&v)[N]) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 #pragma unroll
   for (int off = 16; off > 0; off >>= 1)
 #pragma unroll
     for (int k = 0; k < N; ++k) v[k] += __shfl_xor_sync(0xffffffffu, v[k], off);
+  if constexpr (G == 32) return;
+  __shared__ float sh[kLossThreads / 32][N];
   if (lane == 0)
 #pragma unroll
     for (int k = 0; k < N; ++k) sh[warp][k] = v[k];
@@ -149,10 +155,13 @@ __device__ __forceinline__ int64_t load_target(const void* t, int is64, int64_t 
   return is64 ? static_cast<const int64_t*>(t)[i] : static_cast<int64_t>(static_cast<const int32_t*>(t)[i]);
 }
 
-template <typename T>
+// G threads per row: a warp (kLossThreads / 32 rows per block; short rows, where a block's reductions would
+// cost more than the row) or the whole block.
+template <typename T, int G>
 __global__ void __launch_bounds__(kLossThreads) loss_rows_kernel(const LossParams p) {
-  const int64_t row = blockIdx.x;
-  const int tid = threadIdx.x;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * (kLossThreads / G) + threadIdx.x / G;
+  if (row >= p.B) return;  // whole warps of the last block (G == 32 uses no block barrier)
+  const int tid = threadIdx.x % G;
   const int C = p.C;
   const T* x = static_cast<const T*>(p.lf) + row * p.s_lf;
   const T* y = static_cast<const T*>(p.ls) + row * p.s_ls;
@@ -164,11 +173,11 @@ __global__ void __launch_bounds__(kLossThreads) loss_rows_kernel(const LossParam
   // pass 1, in base-2 units: [0] lf * log2(e), [1] lf/T * log2(e) (num: E_p[lf/T - ls/T] numerator, for
   // eps == 0), [2] ls/T * log2(e). Each thread rescales its sums once per kBatch of its elements.
   float m[3] = {kFloor, kFloor, kFloor}, s[3] = {0.f, 0.f, 0.f}, nm[3] = {0.f, 0.f, 0.f};
-  for (int c0 = tid; c0 < C; c0 += kBatch * kLossThreads) {
+  for (int c0 = tid; c0 < C; c0 += kBatch * G) {
     float xv[kBatch], yv[kBatch], bx = kNegInf, by = kNegInf;
 #pragma unroll
     for (int k = 0; k < kBatch; ++k) {
-      const int c = c0 + k * kLossThreads;
+      const int c = c0 + k * G;
       xv[k] = c < C ? to_f<T>(x[c]) : kNegInf;
       yv[k] = c < C ? to_f<T>(y[c]) : kNegInf;
       bx = fmaxf(bx, xv[k]);
@@ -187,7 +196,7 @@ __global__ void __launch_bounds__(kLossThreads) loss_rows_kernel(const LossParam
       if (!eps_pos && ep > 0.f) nm[1] += ep * (xv[k] - yv[k]);  // > 0: -inf - -inf stays out
     }
   }
-  block_merge3(m, s, nm);
+  group_merge3<G>(m, s, nm);
   const float lse2_1 = m[0] + log2f(s[0]), lse2_p = m[1] + log2f(s[1]), lse2_q = m[2] + log2f(s[2]);
   const float e_pd = nm[1] / s[1] * inv_t;  // E_p[lf/T - ls/T]
 
@@ -195,14 +204,14 @@ __global__ void __launch_bounds__(kLossThreads) loss_rows_kernel(const LossParam
   float kl, pb, rs = 0.f;
   if (eps_pos) {
     float acc[3] = {0.f, 0.f, 0.f};  // KL / ln 2, <p, p/(p+eps)>, sum r
-    for (int c = tid; c < C; c += kLossThreads) {
+    for (int c = tid; c < C; c += G) {
       float pv, qv, rp, rq, d2;
       eps_terms(to_f<T>(x[c]), to_f<T>(y[c]), ct, lse2_p, lse2_q, eps, joint_rcp, pv, qv, rp, rq, d2);
       acc[0] += pv * d2;
       acc[1] += pv * (pv * rp);
       acc[2] += pv * (qv * rq);
     }
-    block_sum<3>(acc);
+    group_sum<3, G>(acc);
     kl = acc[0] * kLn2;
     pb = kl + acc[1];
     rs = acc[2];
@@ -221,8 +230,8 @@ __global__ void __launch_bounds__(kLossThreads) loss_rows_kernel(const LossParam
       nv = static_cast<float>(*p.nvalid);
     } else {
       float cnt[1] = {0.f};
-      for (int i = tid; i < p.B; i += kLossThreads) cnt[0] += load_target(p.target, p.tgt64, i) != p.ignore_index ? 1.f : 0.f;
-      block_sum<1>(cnt);
+      for (int i = tid; i < p.B; i += G) cnt[0] += load_target(p.target, p.tgt64, i) != p.ignore_index ? 1.f : 0.f;
+      group_sum<1, G>(cnt);
       nv = cnt[0];
     }
     ce_scale = 1.f / fmaxf(nv, 1.f);
@@ -238,7 +247,7 @@ __global__ void __launch_bounds__(kLossThreads) loss_rows_kernel(const LossParam
   if (p.gf != nullptr) {
     T* gf = static_cast<T*>(p.gf) + row * C;
     T* gs = static_cast<T*>(p.gs) + row * C;
-    for (int c = tid; c < C; c += kLossThreads) {
+    for (int c = tid; c < C; c += G) {
       const float xv = to_f<T>(x[c]), yv = to_f<T>(y[c]);
       float pv, qv, g_small, dev;
       if (eps_pos) {
@@ -303,13 +312,20 @@ void launch_loss_count(const void* target, int tgt64, int64_t ignore_index, int 
   ADJ_LAUNCH_CHECK();
 }
 
+template <int G>
+static void launch_loss_rows_g(const LossParams& p, DType dt, cudaStream_t stream) {
+  const dim3 grid((p.B + dev::kLossThreads / G - 1) / (dev::kLossThreads / G)), block(dev::kLossThreads);
+  switch (dt) {
+    case DType::kFloat32: dev::launch_kernel(dev::loss_rows_kernel<float, G>, grid, block, stream, p); break;
+    case DType::kFloat16: dev::launch_kernel(dev::loss_rows_kernel<__half, G>, grid, block, stream, p); break;
+    case DType::kBFloat16: dev::launch_kernel(dev::loss_rows_kernel<__nv_bfloat16, G>, grid, block, stream, p); break;
+  }
+}
+
 void launch_loss_rows(const LossParams& p, DType dt, cudaStream_t stream) {
   if (p.B <= 0) return;
-  switch (dt) {
-    case DType::kFloat32: dev::launch_kernel(dev::loss_rows_kernel<float>, dim3(p.B), dim3(dev::kLossThreads), stream, p); break;
-    case DType::kFloat16: dev::launch_kernel(dev::loss_rows_kernel<__half>, dim3(p.B), dim3(dev::kLossThreads), stream, p); break;
-    case DType::kBFloat16: dev::launch_kernel(dev::loss_rows_kernel<__nv_bfloat16>, dim3(p.B), dim3(dev::kLossThreads), stream, p); break;
-  }
+  if (p.C <= dev::kWarpRowMax) launch_loss_rows_g<32>(p, dt, stream);
+  else launch_loss_rows_g<dev::kLossThreads>(p, dt, stream);
   ADJ_LAUNCH_CHECK();
 }
 

@@ -2,8 +2,8 @@
 
     loss = CE(logits_full, target) + lam * T^2 * KL(softmax(logits_full / T) || softmax(logits_small / T))
 
-``adjoined::cuda_adjoined_loss_fwd`` (``csrc/adjoined_loss.cu``) runs one block per row over rows of any
-length: an online-softmax pass for the three log-sum-exps (and, for eps == 0, the KL numerator), a
+``adjoined::cuda_adjoined_loss_fwd`` (``csrc/adjoined_loss.cu``) runs one warp per row up to 2048 classes
+and one block per row beyond, over rows of any length: an online-softmax pass for the three log-sum-exps (and, for eps == 0, the KL numerator), a
 second pass for the eps > 0 sums, and a last pass that writes both gradients (per class in base 2 with
 ex2/lg2/rcp.approx, as the Triton kernel; eps is kept >= 2^-126), already scaled by the
 reduction (1/n_valid for CE and 1/B for KL under "mean"; n_valid is counted on the device). "sum" and
