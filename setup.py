@@ -57,7 +57,8 @@ setup(
     python_requires=">=3.10",
     install_requires=["torch>=2.11", "triton>=3.6", "numpy", "tqdm", "matplotlib", "onnx", "onnxruntime"],
     extras_require={"test": ["pytest", "pytest-benchmark", "onnxscript"]},
-    entry_points={"console_scripts": ["adjoined-train=adjoined_kernels.train.cli:main"]},
+    entry_points={"console_scripts": ["adjoined-train=adjoined_kernels.train.cli:main",
+                                      "adjoined-search=adjoined_kernels.train.cli:search_main"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )

@@ -43,6 +43,9 @@ def _export_block(blk, small: bool) -> PlainBlock:
 def _export(model: AdjoinedResNet, small: bool, fold_bn: bool) -> PlainResNet:
     if not isinstance(model, AdjoinedResNet):
         raise TypeError(f"model must be an adjoined_kernels.models.AdjoinedResNet, got {type(model).__name__}")
+    if model.search is not None:
+        raise ValueError("a DAN search network holds many small networks: build the searched one with "
+                         "small_widths=model.searched_widths(), retrain it, and export that")
     blocks = [_export_block(b, small) for b in model.adjoined]
     feat = blocks[-1].out
     fc = nn.Linear(feat, model.num_classes)

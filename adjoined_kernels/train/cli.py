@@ -1,20 +1,25 @@
-"""``adjoined-train``: train an adjoined ResNet (or a baseline) and report both networks.
+"""``adjoined-train``: train an adjoined ResNet (or a baseline) and report both networks; ``adjoined-search``:
+the DAN width search, which writes ``arch.json`` for ``adjoined-train --arch-json`` (docs/dan.md).
 
 ``adjoined-train --out runs/demo`` with no other argument is the demo: Fashion-MNIST, adjoined ResNet-18
 (cifar stem, base width 16, alpha 4), 2 epochs, SGD+Nesterov with one-cycle LR, quadratic lambda(t).
 Every default lives in :data:`DEFAULTS` below.
 
 Outputs in ``--out``: metrics.jsonl (one line per epoch), checkpoint.pt (every epoch, atomic), summary.json,
-curves.png, small.onnx + small.pt (full.onnx + full.pt for ``--method standard``).
+curves.png, small.onnx + small.pt (full.onnx + full.pt for ``--method standard``). ``adjoined-search``
+writes metrics.jsonl, checkpoint.pt, arch.json and search.png.
 
 Exit codes: 0 done, 1 ``--check`` found a mismatch, 2 bad arguments or a missing/malformed dataset.
 """
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
+
+ARCHS = ["resnet18", "resnet34", "resnet50", "resnet100", "resnet101"]
 
 # The demo defaults, in one place.
 DEFAULTS = dict(
@@ -30,18 +35,26 @@ DEFAULTS = dict(
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(search: bool = False) -> argparse.ArgumentParser:
+    """The parser of ``adjoined-train``, or with ``search`` of ``adjoined-search`` (no --method/--alpha/
+    --arch-json; the search options instead)."""
     from ..schedules import SCHEDULES
     from .data import AUTO_AUGMENT_EPOCHS, DATASETS
     d = DEFAULTS
     p = argparse.ArgumentParser(
-        prog="adjoined-train", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        description="Train an adjoined network (full + channel-prefix small, loss CE + lambda(t) KL) or a "
-                    "baseline, then export and measure both networks.")
+        prog="adjoined-search" if search else "adjoined-train",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description=SEARCH_DESCRIPTION if search else
+        "Train an adjoined network (full + channel-prefix small, loss CE + lambda(t) KL) or a baseline, then "
+        "export and measure both networks.")
     g = p.add_argument_group("method and data")
-    g.add_argument("--method", choices=["adjoined", "standard", "small"], default=d["method"],
-                   help="adjoined: both nets with the adjoined loss; standard: the plain full net, CE only; "
-                        "small: the plain small net alone from scratch (export_small of a fresh model), CE only")
+    if search:
+        p.set_defaults(method="search", alpha=1, arch_json=None)
+    else:
+        g.add_argument("--method", choices=["adjoined", "standard", "small"], default=d["method"],
+                       help="adjoined: both nets with the adjoined loss; standard: the plain full net, CE only; "
+                            "small: the plain small net alone from scratch (export_small of a fresh model), CE "
+                            "only")
     g.add_argument("--dataset", choices=DATASETS, default=d["dataset"])
     g.add_argument("--data-dir", default=d["data_dir"],
                    help="dataset directory (default for fashion-mnist: /usr/share/datasets/fashion-mnist)")
@@ -58,9 +71,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--workers", type=int, default=d["workers"],
                    help="> 0: prepare batches (crop, flip) in a background thread")
     g = p.add_argument_group("model")
-    g.add_argument("--arch", choices=["resnet18", "resnet34", "resnet50", "resnet101"], default=d["arch"])
+    g.add_argument("--arch", choices=ARCHS, default=d["arch"])
     g.add_argument("--width", type=int, default=d["width"], help="base width (64 in torchvision)")
-    g.add_argument("--alpha", type=int, default=d["alpha"], help="the small net has width/alpha channels")
+    if search:
+        _search_options(p)
+    else:
+        g.add_argument("--alpha", type=int, default=d["alpha"], help="the small net has width/alpha channels")
+        g.add_argument("--arch-json", default=None, metavar="PATH",
+                       help="the small net's per-layer widths from an arch.json of adjoined-search (DAN), instead "
+                            "of --alpha; --arch, --width and --stem must be the searched ones")
     g.add_argument("--stem", choices=["cifar", "imagenet"], default=d["stem"])
     g.add_argument("--backend", choices=["auto", "reference", "triton", "cuda"], default=d["backend"])
     g = p.add_argument_group("optimisation")
@@ -116,8 +135,28 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def fail(msg: str) -> int:
-    print(f"adjoined-train: error: {msg}", file=sys.stderr)
+def _search_options(p) -> None:
+    from ..dan import TAU0, TAU_DECAY
+    g = p.add_argument_group("DAN search (the paper's Sec. 5; docs/dan.md)")
+    g.add_argument("--search-alphas", type=int, nargs="+", default=[1, 2, 4, 8, 16], metavar="A",
+                   help="candidate width divisors of every searchable width")
+    g.add_argument("--flops-weight", type=float, default=1.0,
+                   help="weight of E[FLOPs] / FLOPs_full in the loss (the paper's gamma, on normalised FLOPs)")
+    g.add_argument("--flops-target", type=float, default=None, metavar="F",
+                   help="penalise only E[FLOPs] above F * FLOPs_full (a fraction in (0, 1])")
+    g.add_argument("--tau0", type=float, default=TAU0, help="initial Gumbel-softmax temperature")
+    g.add_argument("--tau-decay", type=float, default=TAU_DECAY, help="tau is multiplied by exp(-this) every epoch")
+    g.add_argument("--arch-lr", type=float, default=1e-2, help="Adam learning rate of the gate logits")
+
+
+SEARCH_DESCRIPTION = (
+    "DAN: search the small network's width per layer (Gumbel-softmax gates over --search-alphas, loss "
+    "CE + lambda(t) (KL + flops_weight E[FLOPs]/FLOPs_full)) while training the adjoined network; writes "
+    "arch.json for adjoined-train --arch-json.")
+
+
+def fail(msg: str, prog: str = "adjoined-train") -> int:
+    print(f"{prog}: error: {msg}", file=sys.stderr)
     return 2
 
 
@@ -133,15 +172,30 @@ def _validate(args, parser) -> str | None:
         return "--lr and --temperature must be > 0"
     if args.workers < 0 or args.threads < 0:
         return "--workers and --threads must be >= 0"
+    return _validate_search(args) if args.method == "search" else None
+
+
+def _validate_search(args) -> str | None:
+    a = args.search_alphas
+    if min(a) < 1 or len(set(a)) != len(a):
+        return f"--search-alphas must be distinct integers >= 1, got {a}"
+    if not args.flops_weight >= 0 or not math.isfinite(args.flops_weight):
+        return f"--flops-weight must be a finite number >= 0, got {args.flops_weight}"
+    if args.flops_target is not None and not 0 < args.flops_target <= 1:
+        return f"--flops-target must be a fraction of the full network's FLOPs in (0, 1], got {args.flops_target}"
+    if not 0 < args.tau0 < math.inf or not 0 <= args.tau_decay < math.inf or not 0 < args.arch_lr < math.inf:
+        return "--tau0 and --arch-lr must be finite and > 0, --tau-decay finite and >= 0"
+    if args.cuda_graphs or args.check:
+        return "--cuda-graphs and --check are not supported by adjoined-search"
     return None
 
 
-def main(argv=None) -> int:
-    parser = build_parser()
+def main(argv=None, search: bool = False) -> int:
+    parser = build_parser(search)
     args = parser.parse_args(argv)
     msg = _validate(args, parser)
     if msg:
-        return fail(msg)
+        return fail(msg, parser.prog)
 
     import torch
     threads = torch.get_num_threads()
@@ -168,25 +222,27 @@ def _run(args) -> int:
     try:
         device = pick_device(args.device)
         if device.type == "cuda" and not torch.cuda.is_available():
-            return fail(f"--device {args.device}: CUDA is not available on this machine; use --device cpu")
+            return fail(f"--device {args.device}: CUDA is not available on this machine; use --device cpu",
+                        prog(args))
     except RuntimeError as e:
-        return fail(f"--device {args.device}: {e}")
+        return fail(f"--device {args.device}: {e}", prog(args))
     if args.backend != "auto" and args.backend not in available_backends():
         from .._backend import _cuda_status, _triton_status
         why = _triton_status() if args.backend == "triton" else _cuda_status()
-        return fail(f"--backend {args.backend} is unavailable: {why}")
+        return fail(f"--backend {args.backend} is unavailable: {why}", prog(args))
     if args.cuda_graphs and device.type != "cuda":
-        return fail(f"--cuda-graphs captures CUDA graphs: it needs --device cuda (device is {device})")
+        return fail(f"--cuda-graphs captures CUDA graphs: it needs --device cuda (device is {device})",
+                    prog(args))
     if args.backend in ("triton", "cuda") and device.type != "cuda":
         from .._backend import triton_interpreting
         if not (args.backend == "triton" and triton_interpreting()):
-            return fail(f"--backend {args.backend} needs --device cuda (device is {device})")
+            return fail(f"--backend {args.backend} needs --device cuda (device is {device})", prog(args))
 
     t_load = time.perf_counter()
     try:
         ds = load_dataset(args.dataset, args.data_dir, args.image_size, args.subset, args.seed)
     except DataError as e:
-        return fail(str(e))
+        return fail(str(e), prog(args))
     print(f"{ds.name}: {len(ds.x_train)} train / {len(ds.x_test)} test images {tuple(ds.x_train.shape[1:])}, "
           f"{ds.num_classes} classes, from {ds.root} ({time.perf_counter() - t_load:.1f}s); augmentation "
           f"{'on' if augmenting(args) else 'off'} (--augment {args.augment})")
@@ -194,7 +250,8 @@ def _run(args) -> int:
         torch.manual_seed(args.seed)
         probe = build_adjoined(args, ds)  # validates arch/width/alpha before anything is written
     except (ValueError, TypeError) as e:
-        return fail(f"cannot build adjoined_{args.arch} (width {args.width}, alpha {args.alpha}): {e}")
+        what = f"alpha {args.alpha}" if args.method != "search" else f"search alphas {args.search_alphas}"
+        return fail(f"cannot build adjoined_{args.arch} (width {args.width}, {what}): {e}", prog(args))
 
     if args.check:
         from .check import check_lambda, run_check
@@ -216,8 +273,11 @@ def _run(args) -> int:
         try:
             net, history, finished = train(args, ds, device)
         except ResumeError as e:
-            return fail(str(e))
-        if finished:
+            return fail(str(e), prog(args))
+        if finished and args.method == "search":
+            from .search import finish_search
+            finish_search(args, ds, net, history)
+        elif finished:
             finish(args, ds, device, net, history)
     return 0
 
@@ -225,6 +285,15 @@ def _run(args) -> int:
 def _check_batch(ds, n, device):
     from .data import normalize
     return normalize(ds.x_train[:n], ds.mean, ds.std).to(device)
+
+
+def search_main(argv=None) -> int:
+    """``adjoined-search``: the DAN width search (exit codes as ``adjoined-train``)."""
+    return main(argv, search=True)
+
+
+def prog(args) -> str:
+    return "adjoined-search" if args.method == "search" else "adjoined-train"
 
 
 if __name__ == "__main__":

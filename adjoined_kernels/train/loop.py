@@ -6,6 +6,8 @@ Methods:
   initialisation equals the full branch of an ``adjoined`` run with the same seed), CE only.
 - ``small``: the plain small network alone from scratch (``export_small`` of a freshly initialised adjoined
   model: the same initial weights as the small branch of an ``adjoined`` run), CE only.
+- ``search`` (``adjoined-search``): the DAN search network, loss :func:`adjoined_kernels.dan.dan_loss`; the
+  gate logits train with their own Adam and tau follows its per-epoch schedule (:mod:`.search`).
 
 Determinism: the model is built right after ``torch.manual_seed(seed)``; shuffling and augmentation in epoch
 ``e`` draw from a generator seeded ``seed*1000 + e``. A checkpoint is written after every epoch, so
@@ -26,15 +28,20 @@ import torch.nn.functional as F
 
 from .. import lambda_schedule
 from .. import models as ak_models
+from ..dan import dan_loss
 from ..export import export_full, export_small
 from ..ops.adjoined_loss import adjoined_loss
 from .data import Dataset, augmenting, epoch_generator, normalize, steps_per_epoch, train_batches
 from .graphed import GraphedStep
+from .search import epoch_record, make_arch_optimizer
+from .search import start_epoch as start_search_epoch
 
 # Arguments that must match between a checkpoint and the run that resumes it.
 RESUME_KEYS = ("method", "dataset", "arch", "width", "alpha", "stem", "epochs", "batch_size", "lr", "optimizer",
                "weight_decay", "schedule", "milestones", "lam_schedule", "lam_scale", "temperature", "seed",
-               "subset", "image_size")
+               "subset", "image_size", "arch_json", "search_alphas", "flops_weight", "flops_target", "tau0",
+               "tau_decay", "arch_lr")
+SEARCH = "search"  # the method of adjoined-search (DAN)
 
 
 class ResumeError(Exception):
@@ -48,10 +55,17 @@ def pick_device(name: str) -> torch.device:
 
 
 def build_adjoined(args, ds: Dataset, device=None):
-    """The adjoined ResNet for ``args`` and ``ds``, on ``device``."""
+    """The adjoined ResNet for ``args`` and ``ds``, on ``device``: the DAN search network for
+    ``adjoined-search``, the searched widths of ``--arch-json``, or uniform ``--alpha``."""
     ctor = getattr(ak_models, f"adjoined_{args.arch}")
+    kw = {}
+    if args.method == SEARCH:
+        kw = {"search_alphas": tuple(args.search_alphas), "tau": args.tau0}
+    elif getattr(args, "arch_json", None):
+        from .search import load_arch_json
+        kw = {"small_widths": load_arch_json(args.arch_json, args, ds)}
     model = ctor(num_classes=ds.num_classes, alpha=args.alpha, in_channels=ds.in_channels, stem=args.stem,
-                 width=args.width, backend=args.backend)
+                 width=args.width, backend=args.backend, **kw)
     return model.to(device) if device is not None else model
 
 
@@ -111,6 +125,11 @@ def forward_loss(net, method, x, y, lam, args):
     if method == "adjoined":
         lf, ls = net(x)
         return adjoined_loss(lf, ls, y, lam, temperature=args.temperature, backend=args.backend), lf, ls
+    if method == SEARCH:
+        lf, ls = net(x)
+        loss = dan_loss(lf, ls, y, lam, net.expected_small_flops(), net.full_flops(), args.flops_weight,
+                        args.flops_target, temperature=args.temperature, backend=args.backend)
+        return loss, lf, ls
     out = net(x)
     loss = F.cross_entropy(out.float(), y)
     return (loss, out, None) if method == "standard" else (loss, None, out)
@@ -129,7 +148,7 @@ def step_body(net, method, args, device, amp: bool, graphs: bool = False):
             zero = loss.new_zeros((), dtype=torch.float64)
             main = lf if lf is not None else ls
             terms = [loss.detach().double() * y.shape[0], F.cross_entropy(main.float(), y, reduction="sum"),
-                     _kl(lf, ls, args.temperature) if method == "adjoined" else zero,
+                     _kl(lf, ls, args.temperature) if ls is not None and lf is not None else zero,
                      (lf.argmax(-1) == y).sum() if lf is not None else zero,
                      (ls.argmax(-1) == y).sum() if ls is not None else zero]
             return torch.stack([t.double() for t in terms])
@@ -155,7 +174,7 @@ def evaluate(net, method, ds: Dataset, device, batch_size: int = 500, amp: bool 
         y = ds.y_test[i:i + batch_size].to(device)
         with _autocast(device, amp):
             out = net(x)
-        if method == "adjoined":
+        if method in ("adjoined", SEARCH):
             cf += int((out[0].argmax(-1) == y).sum())
             cs += int((out[1].argmax(-1) == y).sum())
         elif method == "standard":
@@ -260,8 +279,8 @@ def load_checkpoint(path: str, args) -> dict:
     except Exception as e:  # noqa: BLE001 - a truncated or foreign file
         raise ResumeError(f"--resume: cannot read checkpoint {path} ({type(e).__name__}: {e})") from None
     old = ck.get("args", {})
-    diff = [f"--{k.replace('_', '-')} {old.get(k)!r} (checkpoint) vs {getattr(args, k)!r} (now)"
-            for k in RESUME_KEYS if k in old and old.get(k) != getattr(args, k)]
+    diff = [f"--{k.replace('_', '-')} {old.get(k)!r} (checkpoint) vs {getattr(args, k, None)!r} (now)"
+            for k in RESUME_KEYS if k in old and old.get(k) != getattr(args, k, None)]
     if diff:
         raise ResumeError("--resume: the checkpoint was trained with other arguments: " + "; ".join(diff))
     return ck
@@ -277,7 +296,9 @@ def train(args, ds: Dataset, device, log=print):
 
     out = args.out
     net = build_net(args, ds, device)
-    opt = make_optimizer(args, net.parameters())
+    search = args.method == SEARCH
+    opt = make_optimizer(args, net.weight_parameters() if search else net.parameters())
+    arch_opt = make_arch_optimizer(args, net) if search else None
     spe = steps_per_epoch(len(ds.x_train), args.batch_size)
     total = spe * args.epochs
     sched = make_scheduler(args, opt, total, spe)
@@ -289,6 +310,8 @@ def train(args, ds: Dataset, device, log=print):
         net.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
+        if arch_opt is not None:
+            arch_opt.load_state_dict(ck["arch_optimizer"])
         start_epoch, step, history, elapsed = ck["epoch"], ck["global_step"], ck["history"], ck["elapsed"]
         set_rng_state(ck["rng"])
         log(f"resumed from {ckpt_path if args.resume == 'auto' else args.resume} after epoch {start_epoch}")
@@ -306,6 +329,8 @@ def train(args, ds: Dataset, device, log=print):
     for epoch in range(start_epoch, args.epochs):
         t0 = time.perf_counter()
         gen = epoch_generator(args.seed, epoch)
+        if search:
+            start_search_epoch(args, net, epoch)
         net.train()
         sums = torch.zeros(5, dtype=torch.float64, device=device)  # loss, ce, kl, correct_f, correct_s
         n = 0
@@ -318,8 +343,12 @@ def train(args, ds: Dataset, device, log=print):
             x, y = _prep(xb, ds, device, cl), yb.to(device, non_blocking=True)
             if not graphs:
                 opt.zero_grad(set_to_none=True)
+            if arch_opt is not None:
+                arch_opt.zero_grad(set_to_none=True)
             sums += body(x, y, lam)
             opt.step()
+            if arch_opt is not None:
+                arch_opt.step()
             lr = sched.get_last_lr()[0]  # the LR this step used
             sched.step()
             step += 1
@@ -334,17 +363,21 @@ def train(args, ds: Dataset, device, log=print):
         acc_f, acc_s = evaluate(net, method, ds, device, args.eval_batch_size, amp)
         dt = time.perf_counter() - t0
         elapsed += dt
-        rec = {"epoch": epoch + 1, "lambda": lam if method == "adjoined" else None, "loss": s[0] / n,
-               "ce": s[1] / n, "kl": s[2] / n if method == "adjoined" else None,
+        two = method in ("adjoined", SEARCH)
+        rec = {"epoch": epoch + 1, "lambda": lam if two else None, "loss": s[0] / n,
+               "ce": s[1] / n, "kl": s[2] / n if two else None,
                "train_acc_full": s[3] / n if method != "small" else None,
                "train_acc_small": s[4] / n if method != "standard" else None,
                "test_acc_full": acc_f, "test_acc_small": acc_s, "lr": lr,
                "time": dt, "train_time": t_train, "elapsed": elapsed, "step": step}
+        if search:
+            rec.update(epoch_record(net))
         history.append(rec)
         with open(metrics_path, "a") as f:
             f.write(json.dumps(rec) + "\n")
         save_checkpoint(ckpt_path, {"format": 1, "model": net.state_dict(), "optimizer": opt.state_dict(),
                                     "scheduler": sched.state_dict(), "epoch": epoch + 1, "global_step": step,
+                                    "arch_optimizer": arch_opt.state_dict() if arch_opt is not None else None,
                                     "rng": rng_state(gen), "history": history, "elapsed": elapsed,
                                     "args": vars(args)})
         log(format_epoch(rec))
@@ -361,4 +394,4 @@ def format_epoch(r: dict) -> str:
     return (f"epoch {r['epoch']:3d}  loss {r['loss']:.4f}  ce {r['ce']:.4f}  kl {f(r['kl'], '.4f')}  "
             f"lam {f(r['lambda'], '.3f')}  train {f(r['train_acc_full'], '.4f')}/{f(r['train_acc_small'], '.4f')}  "
             f"test {f(r['test_acc_full'], '.4f')}/{f(r['test_acc_small'], '.4f')}  lr {r['lr']:.3g}  "
-            f"{r['time']:.1f}s")
+            f"{r['time']:.1f}s" + (f"  tau {r['tau']:.2f}  E[FLOPs]/full {r['flops_ratio']:.3f}" if "tau" in r else ""))
