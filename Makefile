@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 DATA := /usr/share/datasets/fashion-mnist
 STAMP := $(VENV)/.setup-stamp
 
-.PHONY: setup data demo test bench bench-gpu gpu-verify clean
+.PHONY: setup data demo dan-demo test bench bench-gpu gpu-verify clean
 
 setup: $(STAMP) data
 
@@ -29,6 +29,10 @@ data:
 
 demo: setup
 	$(VENV)/bin/adjoined-train --out runs/demo
+
+# DAN: search widths at the uniform alpha=4 small network's FLOPs, retrain them, compare (docs/dan.md).
+dan-demo: setup
+	$(PY) python/dan_demo.py --out runs/dan-demo
 
 test: setup
 	$(PY) -m pytest -q tests

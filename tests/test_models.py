@@ -7,7 +7,8 @@ from adjoined_kernels.export import export_full
 from adjoined_kernels.models import StageWidths
 
 SPECS = {"adjoined_resnet18": ("basic", [2, 2, 2, 2]), "adjoined_resnet34": ("basic", [3, 4, 6, 3]),
-         "adjoined_resnet50": ("bottleneck", [3, 4, 6, 3]), "adjoined_resnet101": ("bottleneck", [3, 4, 23, 3])}
+         "adjoined_resnet50": ("bottleneck", [3, 4, 6, 3]), "adjoined_resnet100": ("bottleneck", [6, 8, 12, 6]),
+         "adjoined_resnet101": ("bottleneck", [3, 4, 23, 3])}
 
 
 def _count(block, layers, width, div, in_ch, classes, stem):

@@ -1,4 +1,5 @@
-"""Trainer for adjoined networks: the ``adjoined-train`` command (:mod:`.cli`), in-memory datasets
+"""Trainer for adjoined networks: the ``adjoined-train`` and ``adjoined-search`` commands (:mod:`.cli`,
+:mod:`.search`), in-memory datasets
 (:mod:`.data`), the loop with exact resume (:mod:`.loop`), the backend ``--check`` (:mod:`.check`) and
 reporting (:mod:`.report`). ``python -m adjoined_kernels.train`` runs the command too."""
 from .data import DataError, Dataset, load_dataset
@@ -10,4 +11,10 @@ def main(argv=None) -> int:
     return _main(argv)
 
 
-__all__ = ["main", "load_dataset", "Dataset", "DataError"]
+def search(argv=None) -> int:
+    """``adjoined-search`` (the DAN width search) with ``argv``; returns the exit code."""
+    from .cli import search_main
+    return search_main(argv)
+
+
+__all__ = ["main", "search", "load_dataset", "Dataset", "DataError"]
