@@ -13,7 +13,7 @@ setup: $(STAMP) data
 $(STAMP): setup.py $(wildcard csrc/*.cu csrc/*.cuh csrc/*.cpp csrc/*.h)
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
-	$(PY) -m pip install -q torch triton numpy tqdm matplotlib onnx onnxruntime onnxscript pytest pytest-benchmark
+	$(PY) -m pip install -q torch torchvision==0.29.1 triton numpy tqdm matplotlib onnx onnxruntime onnxscript pytest pytest-benchmark
 	$(PY) -m pip install -q --no-build-isolation -e .
 	touch $(STAMP)
 

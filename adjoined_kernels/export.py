@@ -72,9 +72,15 @@ def export_small(model: AdjoinedResNet, fold_bn: bool = False) -> PlainResNet:
     Returns:
         A new :class:`~adjoined_kernels.models.PlainResNet` on the model's device and dtype; no weight is shared.
 
+    An :class:`~adjoined_kernels.AdjoinedModel` (from ``ak.adjoin``) exports to a plain ``torch.fx.GraphModule``
+    instead (see docs/adjoin.md).
+
     Raises:
-        TypeError: ``model`` is not an AdjoinedResNet.
+        TypeError: ``model`` is neither an AdjoinedResNet nor an AdjoinedModel.
     """
+    if _is_adjoined_model(model):
+        from .adjoin.export import export_branch
+        return export_branch(model, small=True, fold_bn=fold_bn)
     return _export(model, small=True, fold_bn=fold_bn)
 
 
@@ -83,7 +89,15 @@ def export_full(model: AdjoinedResNet, fold_bn: bool = False) -> PlainResNet:
 
     Same arguments and errors as :func:`export_small`. Useful to time or count FLOPs of the full network.
     """
+    if _is_adjoined_model(model):
+        from .adjoin.export import export_branch
+        return export_branch(model, small=False, fold_bn=fold_bn)
     return _export(model, small=False, fold_bn=fold_bn)
+
+
+def _is_adjoined_model(model) -> bool:
+    from .adjoin.model import AdjoinedModel
+    return isinstance(model, AdjoinedModel)
 
 
 def fold_batchnorm(net: nn.Module) -> nn.Module:
