@@ -71,8 +71,18 @@ def build_parser(search: bool = False) -> argparse.ArgumentParser:
     g.add_argument("--workers", type=int, default=d["workers"],
                    help="> 0: prepare batches (crop, flip) in a background thread")
     g = p.add_argument_group("model")
-    g.add_argument("--arch", choices=ARCHS, default=d["arch"])
-    g.add_argument("--width", type=int, default=d["width"], help="base width (64 in torchvision)")
+    if search:
+        g.add_argument("--arch", choices=ARCHS, default=d["arch"])
+    else:
+        g.add_argument("--arch", type=arch_name, default=d["arch"], metavar="ARCH",
+                       help=f"one of {', '.join(ARCHS)}, or tv:NAME for any CNN of torchvision.models adjoined "
+                            "by ak.adjoin (e.g. tv:mobilenet_v2, tv:densenet121; docs/adjoin.md)")
+        g.add_argument("--adjoin-start", default=None, metavar="PATH",
+                       help="tv: models: the module path where the two branches split (default: the documented "
+                            "value per model, docs/adjoin.md)")
+        g.add_argument("--pretrained", default=None, metavar="PATH",
+                       help="tv: models: a local torchvision state dict loaded before adjoining (never downloaded)")
+    g.add_argument("--width", type=int, default=d["width"], help="base width (64 in torchvision); adjoined ResNets only")
     if search:
         _search_options(p)
     else:
@@ -80,7 +90,9 @@ def build_parser(search: bool = False) -> argparse.ArgumentParser:
         g.add_argument("--arch-json", default=None, metavar="PATH",
                        help="the small net's per-layer widths from an arch.json of adjoined-search (DAN), instead "
                             "of --alpha; --arch, --width and --stem must be the searched ones")
-    g.add_argument("--stem", choices=["cifar", "imagenet"], default=d["stem"])
+    g.add_argument("--stem", choices=["cifar", "imagenet"], default=d["stem"],
+                   help="cifar: a stride-1 stem without max-pool, for small images (tv: models too, as "
+                        "docs/adjoin.md says per model); imagenet: the standard stem")
     g.add_argument("--backend", choices=["auto", "reference", "triton", "cuda"], default=d["backend"])
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=d["epochs"])
@@ -135,6 +147,13 @@ def build_parser(search: bool = False) -> argparse.ArgumentParser:
     return p
 
 
+def arch_name(value: str) -> str:
+    """argparse type of --arch: a built-in adjoined ResNet or ``tv:NAME``."""
+    if value in ARCHS or (value.startswith("tv:") and len(value) > 3):
+        return value
+    raise argparse.ArgumentTypeError(f"invalid choice {value!r}: use one of {', '.join(ARCHS)} or tv:NAME")
+
+
 def _search_options(p) -> None:
     from ..dan import TAU0, TAU_DECAY
     g = p.add_argument_group("DAN search (the paper's Sec. 5; docs/dan.md)")
@@ -172,6 +191,11 @@ def _validate(args, parser) -> str | None:
         return "--lr and --temperature must be > 0"
     if args.workers < 0 or args.threads < 0:
         return "--workers and --threads must be >= 0"
+    tv = args.arch.startswith("tv:")
+    if tv and getattr(args, "arch_json", None):
+        return "--arch-json holds searched widths of an adjoined ResNet; it does not apply to tv: models"
+    if not tv and (getattr(args, "adjoin_start", None) or getattr(args, "pretrained", None)):
+        return "--adjoin-start and --pretrained apply to tv: models only"
     return _validate_search(args) if args.method == "search" else None
 
 
@@ -251,7 +275,8 @@ def _run(args) -> int:
         probe = build_adjoined(args, ds)  # validates arch/width/alpha before anything is written
     except (ValueError, TypeError) as e:
         what = f"alpha {args.alpha}" if args.method != "search" else f"search alphas {args.search_alphas}"
-        return fail(f"cannot build adjoined_{args.arch} (width {args.width}, {what}): {e}", prog(args))
+        name = args.arch if args.arch.startswith("tv:") else f"adjoined_{args.arch} (width {args.width})"
+        return fail(f"cannot build {name} with {what}: {e}", prog(args))
 
     if args.check:
         from .check import check_lambda, run_check

@@ -39,7 +39,7 @@ from .search import start_epoch as start_search_epoch
 # Arguments that must match between a checkpoint and the run that resumes it.
 RESUME_KEYS = ("method", "dataset", "arch", "width", "alpha", "stem", "epochs", "batch_size", "lr", "optimizer",
                "weight_decay", "schedule", "milestones", "lam_schedule", "lam_scale", "temperature", "seed",
-               "subset", "image_size", "arch_json", "search_alphas", "flops_weight", "flops_target", "tau0",
+               "subset", "image_size", "arch_json", "adjoin_start", "search_alphas", "flops_weight", "flops_target", "tau0",
                "tau_decay", "arch_lr")
 SEARCH = "search"  # the method of adjoined-search (DAN)
 
@@ -56,7 +56,13 @@ def pick_device(name: str) -> torch.device:
 
 def build_adjoined(args, ds: Dataset, device=None):
     """The adjoined ResNet for ``args`` and ``ds``, on ``device``: the DAN search network for
-    ``adjoined-search``, the searched widths of ``--arch-json``, or uniform ``--alpha``."""
+    ``adjoined-search``, the searched widths of ``--arch-json``, or uniform ``--alpha``; for ``tv:NAME`` the
+    torchvision model adjoined by :func:`adjoined_kernels.adjoin` (``--stem cifar`` adapts it to small images)."""
+    if args.arch.startswith("tv:"):
+        from ..adjoin import build_torchvision
+        model = build_torchvision(args.arch[3:], ds.num_classes, ds.in_channels, args.alpha, args.adjoin_start,
+                                  args.pretrained, args.stem == "cifar", args.backend)
+        return model.to(device) if device is not None else model
     ctor = getattr(ak_models, f"adjoined_{args.arch}")
     kw = {}
     if args.method == SEARCH:
