@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from test_train import FAST, make_idx_dir
+from test_train import FAST, idx_dir  # noqa: F401 - idx_dir is a fixture
 
 import adjoined_kernels as ak
 from adjoined_kernels.dan import tau_at
@@ -12,11 +12,6 @@ from adjoined_kernels.train import cli
 
 SEARCH = ["--subset", "64", "--search-alphas", "1", "2", "4", "--tau-decay", "0.5", "--arch-lr", "0.2",
           "--no-onnx", "--device", "cpu", *FAST, "--bench-runs", "0"]
-
-
-@pytest.fixture(scope="module")
-def idx_dir(tmp_path_factory):
-    return make_idx_dir(tmp_path_factory.mktemp("fmnist"))
 
 
 @pytest.fixture(scope="module")
