@@ -95,31 +95,34 @@ def arch_summary(args, ds, net, history) -> dict:
             "supernet_test_acc_full": last.get("test_acc_full"), "supernet_test_acc_small": last.get("test_acc_small")}
 
 
-def plot_search(history: list, path: str, target: float | None = None) -> None:
-    """search.png: per searchable width, each candidate's probability over epochs; and E[FLOPs] / full."""
+def plot_search(history: list, path: str, candidates: dict, target: float | None = None) -> None:
+    """search.png: per searchable width, each candidate's probability over epochs (epoch 0: the uniform
+    start); and E[FLOPs] / full against the target. ``candidates``: ``{gate name: candidate widths}``."""
     import matplotlib
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
-    names = list(history[0]["probs"])
+    names = list(candidates)
     ncols = min(6, len(names) + 1)
     nrows = -(-(len(names) + 1) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 2.6 * nrows), squeeze=False)
     axes = axes.ravel()
-    ep = [r["epoch"] for r in history]
+    ep = [0] + [r["epoch"] for r in history]
     for ax, name in zip(axes, names):
-        series = list(zip(*[r["probs"][name] for r in history]))
-        for i, s in enumerate(series):
-            ax.plot(ep, s, marker=".", label=f"cand {i}")
+        widths = candidates[name]
+        for i, w in enumerate(widths):
+            ax.plot(ep, [1 / len(widths)] + [r["probs"][name][i] for r in history], marker=".", label=f"c={w}")
         ax.set(title=name, ylim=(0, 1), xlabel="epoch")
         ax.title.set_fontsize(9)
-    axes[0].legend(fontsize=7)
+        ax.legend(fontsize=6, loc="upper left")
     ax = axes[len(names)]
-    ax.plot(ep, [r["flops_ratio"] for r in history], marker="o", color="k", label="E[FLOPs] / full")
+    ax.plot(ep[1:], [r["flops_ratio"] for r in history], marker="o", color="k", label="E[FLOPs] / full")
     if target is not None:
         ax.axhline(target, ls="--", color="r", label="target")
     ax.set(title="expected FLOPs of the small net", xlabel="epoch")
     ax.legend(fontsize=7)
+    for a in axes[:len(names) + 1]:
+        a.xaxis.get_major_locator().set_params(integer=True)
     for a in axes[len(names) + 1:]:
         a.axis("off")
     fig.tight_layout()
@@ -146,7 +149,8 @@ def finish_search(args, ds, net, history, log=print) -> dict:
     from .report import write_json
     arch = arch_summary(args, ds, net, history)
     write_json(os.path.join(args.out, "arch.json"), arch)
-    plot_search(history, os.path.join(args.out, "search.png"), args.flops_target)
+    plot_search(history, os.path.join(args.out, "search.png"), {g.name: g.widths for g in net.search.gates},
+                args.flops_target)
     log("")
     log(arch_table(arch))
     log(f"\nsearched for {len(history)} epochs; outputs in {args.out} (retrain with: adjoined-train "
