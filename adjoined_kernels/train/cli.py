@@ -51,10 +51,12 @@ def build_parser(search: bool = False) -> argparse.ArgumentParser:
     if search:
         p.set_defaults(method="search", alpha=1, arch_json=None)
     else:
-        g.add_argument("--method", choices=["adjoined", "standard", "small"], default=d["method"],
+        g.add_argument("--method", choices=["adjoined", "standard", "small", "kd", "kddp", "pwh"],
+                       default=d["method"],
                        help="adjoined: both nets with the adjoined loss; standard: the plain full net, CE only; "
                             "small: the plain small net alone from scratch (export_small of a fresh model), CE "
-                            "only")
+                            "only; kd, kddp, pwh: the comparison baselines, from a --teacher "
+                            "(docs/baselines.md)")
     g.add_argument("--dataset", choices=DATASETS, default=d["dataset"])
     g.add_argument("--data-dir", default=d["data_dir"],
                    help="dataset directory (default for fashion-mnist: /usr/share/datasets/fashion-mnist)")
@@ -138,6 +140,10 @@ def build_parser(search: bool = False) -> argparse.ArgumentParser:
     g.add_argument("--no-onnx", action="store_true", help="do not export ONNX")
     g.add_argument("--bench-runs", type=int, default=d["bench_runs"], help="timed runs per latency measurement (0: no latency)")
     g.add_argument("--no-progress", dest="progress", action="store_false", help="no tqdm progress bars")
+    if not search:
+        _baseline_options(p)
+    from .config import add_config_options
+    add_config_options(p)
     g = p.add_argument_group("check")
     g.add_argument("--check", action="store_true",
                    help="compare --backend with the reference ops (every adjoined conv: forward and all "
@@ -152,6 +158,24 @@ def arch_name(value: str) -> str:
     if value in ARCHS or (value.startswith("tv:") and len(value) > 3):
         return value
     raise argparse.ArgumentTypeError(f"invalid choice {value!r}: use one of {', '.join(ARCHS)} or tv:NAME")
+
+
+def _baseline_options(p) -> None:
+    g = p.add_argument_group("baselines kd, kddp, pwh (docs/baselines.md)")
+    g.add_argument("--teacher", default=None, metavar="CKPT",
+                   help="the frozen teacher: OUT/checkpoint.pt of an `adjoined-train --method standard` run with the "
+                        "same --arch, --width, --stem and dataset")
+    g.add_argument("--kd-alpha", type=float, default=0.5,
+                   help="kd, kddp: weight a of the distillation term, (1-a) CE + a T^2 KL(teacher || student) "
+                        "(T: --temperature)")
+    g.add_argument("--kddp-student", choices=["resnet", "paper"], default="resnet",
+                   help="kddp: resnet, the AN small network with an fc1 head; paper, the KDDP paper's Table 1 net")
+    g.add_argument("--kddp-fc1", type=int, default=100, metavar="N", help="kddp: neurons of the student's fc1")
+    g.add_argument("--kddp-l1", type=float, default=1e-4, help="kddp: weight of the L1 penalty on fc1's activations")
+    g.add_argument("--pwh-iters", type=int, default=2, help="pwh: prune/reconstruct/hints iterations")
+    g.add_argument("--hints-weight", type=float, default=1.0, help="pwh: weight of the L2 hints loss")
+    g.add_argument("--pwh-samples", type=int, default=512,
+                   help="pwh: training images that score channels and fit the hints layer by least squares")
 
 
 def _search_options(p) -> None:
@@ -196,7 +220,24 @@ def _validate(args, parser) -> str | None:
         return "--arch-json holds searched widths of an adjoined ResNet; it does not apply to tv: models"
     if not tv and (getattr(args, "adjoin_start", None) or getattr(args, "pretrained", None)):
         return "--adjoin-start and --pretrained apply to tv: models only"
+    if args.method in ("kd", "kddp", "pwh"):
+        return _validate_baseline(args, tv)
     return _validate_search(args) if args.method == "search" else None
+
+
+def _validate_baseline(args, tv: bool) -> str | None:
+    if tv or args.arch_json:
+        return f"--method {args.method} distils the built-in ResNets at a uniform --alpha (no tv: models, no --arch-json)"
+    if not 0 <= args.kd_alpha <= 1:
+        return f"--kd-alpha must be in [0, 1], got {args.kd_alpha}"
+    if args.kddp_fc1 < 1 or args.pwh_iters < 1 or args.pwh_samples < 1:
+        return "--kddp-fc1, --pwh-iters and --pwh-samples must be >= 1"
+    if not (0 <= args.kddp_l1 < math.inf and 0 <= args.hints_weight < math.inf):
+        return "--kddp-l1 and --hints-weight must be finite and >= 0"
+    phases = {"kddp": 2, "pwh": args.pwh_iters + 1}.get(args.method, 1)
+    if args.epochs < phases:
+        return f"--method {args.method} trains in {phases} phases: --epochs must be >= {phases}, got {args.epochs}"
+    return None
 
 
 def _validate_search(args) -> str | None:
@@ -215,8 +256,15 @@ def _validate_search(args) -> str | None:
 
 
 def main(argv=None, search: bool = False) -> int:
+    from .config import ConfigError, dump_config, parse_args
     parser = build_parser(search)
-    args = parser.parse_args(argv)
+    try:
+        args = parse_args(parser, argv)
+    except ConfigError as e:
+        return fail(str(e), parser.prog)
+    if args.print_config:
+        print(dump_config(parser, args), end="")
+        return 0
     msg = _validate(args, parser)
     if msg:
         return fail(msg, parser.prog)
@@ -277,6 +325,12 @@ def _run(args) -> int:
         what = f"alpha {args.alpha}" if args.method != "search" else f"search alphas {args.search_alphas}"
         name = args.arch if args.arch.startswith("tv:") else f"adjoined_{args.arch} (width {args.width})"
         return fail(f"cannot build {name} with {what}: {e}", prog(args))
+    if args.method in ("kd", "kddp", "pwh"):
+        from ..baselines import TeacherError, load_teacher
+        try:
+            load_teacher(args, ds)
+        except TeacherError as e:
+            return fail(str(e), prog(args))
 
     if args.check:
         from .check import check_lambda, run_check

@@ -40,8 +40,10 @@ from .search import start_epoch as start_search_epoch
 RESUME_KEYS = ("method", "dataset", "arch", "width", "alpha", "stem", "epochs", "batch_size", "lr", "optimizer",
                "weight_decay", "schedule", "milestones", "lam_schedule", "lam_scale", "temperature", "seed",
                "subset", "image_size", "arch_json", "adjoin_start", "search_alphas", "flops_weight", "flops_target", "tau0",
-               "tau_decay", "arch_lr")
+               "tau_decay", "arch_lr", "teacher", "kd_alpha", "kddp_student", "kddp_fc1", "kddp_l1", "pwh_iters",
+               "hints_weight", "pwh_samples")
 SEARCH = "search"  # the method of adjoined-search (DAN)
+SMALL_ONLY = ("small", "kd", "kddp", "pwh")  # methods that train one (small) network: docs/baselines.md
 
 
 class ResumeError(Exception):
@@ -83,6 +85,9 @@ def build_net(args, ds: Dataset, device):
         model = export_full(model)
     elif args.method == "small":
         model = export_small(model)
+    elif args.method == "kd":
+        from ..baselines import build_kd
+        model = build_kd(args, ds, model, device)
     model = model.to(device)
     if channels_last_ok(model, device):
         model = model.to(memory_format=torch.channels_last)
@@ -136,6 +141,9 @@ def forward_loss(net, method, x, y, lam, args):
         loss = dan_loss(lf, ls, y, lam, net.expected_small_flops(), net.full_flops(), args.flops_weight,
                         args.flops_target, temperature=args.temperature, backend=args.backend)
         return loss, lf, ls
+    if method in SMALL_ONLY[1:]:
+        from ..baselines import distill_loss
+        return distill_loss(net, x, y, args)
     out = net(x)
     loss = F.cross_entropy(out.float(), y)
     return (loss, out, None) if method == "standard" else (loss, None, out)
@@ -188,7 +196,7 @@ def evaluate(net, method, ds: Dataset, device, batch_size: int = 500, amp: bool 
         else:
             cs += int((out.argmax(-1) == y).sum())
     net.train(was_training)
-    return (cf / n if method != "small" else None, cs / n if method != "standard" else None)
+    return (cf / n if method not in SMALL_ONLY else None, cs / n if method != "standard" else None)
 
 
 @contextlib.contextmanager
@@ -292,16 +300,21 @@ def load_checkpoint(path: str, args) -> dict:
     return ck
 
 
-def train(args, ds: Dataset, device, log=print):
+def train(args, ds: Dataset, device, log=print, net=None):
     """Train ``args.method`` on ``ds``; returns ``(net, history, finished)``.
 
     Writes OUT/metrics.jsonl (one JSON line per epoch) and OUT/checkpoint.pt (every epoch).
     ``finished`` is False when ``args.stop_after`` ended the run before ``args.epochs``.
+    ``net``: train this network instead of building it (one phase of ``kddp``/``pwh``, which run their phases
+    through :func:`adjoined_kernels.baselines.run_phased` when ``net`` is None).
     """
     from tqdm.auto import tqdm
 
+    if net is None and args.method in ("kddp", "pwh"):
+        from ..baselines import run_phased
+        return run_phased(args, ds, device, log)
     out = args.out
-    net = build_net(args, ds, device)
+    net = build_net(args, ds, device) if net is None else net
     search = args.method == SEARCH
     opt = make_optimizer(args, net.weight_parameters() if search else net.parameters())
     arch_opt = make_arch_optimizer(args, net) if search else None
@@ -372,7 +385,7 @@ def train(args, ds: Dataset, device, log=print):
         two = method in ("adjoined", SEARCH)
         rec = {"epoch": epoch + 1, "lambda": lam if two else None, "loss": s[0] / n,
                "ce": s[1] / n, "kl": s[2] / n if two else None,
-               "train_acc_full": s[3] / n if method != "small" else None,
+               "train_acc_full": s[3] / n if method not in SMALL_ONLY else None,
                "train_acc_small": s[4] / n if method != "standard" else None,
                "test_acc_full": acc_f, "test_acc_small": acc_s, "lr": lr,
                "time": dt, "train_time": t_train, "elapsed": elapsed, "step": step}

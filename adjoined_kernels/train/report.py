@@ -183,6 +183,8 @@ def deployable_nets(args, net):
         full, small = export_full(net), export_small(net)
     elif args.method == "standard":
         full, small = copy.deepcopy(net), None
+    elif args.method in ("kd", "kddp", "pwh"):  # the student alone, without its teacher
+        full, small = None, copy.deepcopy(net.student)
     else:
         full, small = None, copy.deepcopy(net)
     return [None if m is None else m.float().eval().to(memory_format=torch.contiguous_format)
@@ -199,6 +201,7 @@ def finish(args, ds, device, net, history, log=print) -> dict:
                "acc_full": last["test_acc_full"], "acc_small": last["test_acc_small"],
                "params_adjoined": count_params(net) if args.method == "adjoined" else None}
     summary.update(measure(full, small, shape, args.bench_runs))
+    summary.update(getattr(net, "report", {}))  # kddp/pwh: neurons kept, params before/after pruning, widths
     summary["flops_note"] = "per image, torch.utils.flop_counter (2 FLOPs per multiply-add)"
     summary["train_time_s"] = sum(r["time"] for r in history)
     deploy_name, deploy = ("full", full) if args.method == "standard" else ("small", small)
