@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 DATA := /usr/share/datasets/fashion-mnist
 STAMP := $(VENV)/.setup-stamp
 
-.PHONY: setup data demo dan-demo test bench bench-gpu gpu-verify clean
+.PHONY: setup data demo dan-demo reproduce test bench bench-gpu gpu-verify clean
 
 setup: $(STAMP) data
 
@@ -13,7 +13,7 @@ setup: $(STAMP) data
 $(STAMP): setup.py $(wildcard csrc/*.cu csrc/*.cuh csrc/*.cpp csrc/*.h)
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
-	$(PY) -m pip install -q torch torchvision==0.29.1 triton numpy tqdm matplotlib onnx onnxruntime onnxscript pytest pytest-benchmark
+	$(PY) -m pip install -q torch torchvision==0.29.1 triton numpy tqdm matplotlib pyyaml onnx onnxruntime onnxscript pytest pytest-benchmark
 	$(PY) -m pip install -q --no-build-isolation -e .
 	touch $(STAMP)
 
@@ -33,6 +33,11 @@ demo: setup
 # DAN: search widths at the uniform alpha=4 small network's FLOPs, retrain them, compare (docs/dan.md).
 dan-demo: setup
 	$(PY) python/dan_demo.py --out runs/dan-demo
+
+# The paper's claims on Fashion-MNIST (python/reproduce/results/claims.md; under 60 minutes on 2 shared CPU cores).
+reproduce: setup
+	$(PY) python/reproduce/paper_claims.py --dataset fashion-mnist --seeds 3 --subset 5000 --epochs 3 --out runs/claims
+	cp runs/claims/claims.md runs/claims/claims.csv runs/claims/claims.png python/reproduce/results/
 
 test: setup
 	$(PY) -m pytest -q tests

@@ -18,8 +18,8 @@ IGNORE = -100
 def kd_loss(logits_student, logits_teacher, target, a: float, temperature: float, backend: str = "auto"):
     """``(1 - a) * CE(y, q_s) + a * T^2 * KL(p_t^T || q_s^T)``, averaged over the batch (0-dim tensor).
 
-    ``logits_student``, ``logits_teacher``: ``[B, C]`` float tensors (any float dtype; the loss is fp32, or
-    fp64 for fp64 inputs); ``target``: ``[B]`` int64 class indices. ``p_t^T = softmax(z_t / T)``,
+    ``logits_student``, ``logits_teacher``: ``[B, C]`` float32, float16 or bfloat16 tensors of one dtype (those
+    of the fused loss); ``target``: ``[B]`` int64 class indices. The result is float32. ``p_t^T = softmax(z_t / T)``,
     ``q_s^T = softmax(z_s / T)``; no gradient reaches ``logits_teacher``.
 
     The KL term is the fused :func:`adjoined_kernels.adjoined_loss` with the teacher logits as
@@ -28,14 +28,14 @@ def kd_loss(logits_student, logits_teacher, target, a: float, temperature: float
     cross-entropy ``(1 - a) CE`` is added here.
 
     Raises:
-        ValueError/TypeError: from :func:`adjoined_kernels.adjoined_loss` (shapes, dtypes, T <= 0).
+        ValueError/TypeError: from :func:`adjoined_kernels.adjoined_loss` (shapes, dtypes such as float64,
+            T <= 0).
     """
     ignored = torch.full_like(target, IGNORE)
     kl = adjoined_loss(logits_teacher, logits_student, ignored, a, eps=0.0, temperature=temperature,
                        ignore_index=IGNORE, detach_full=True, backend=backend)
-    ce = F.cross_entropy(logits_student.float() if logits_student.dtype != torch.float64 else logits_student,
-                         target)
-    return (1.0 - a) * ce + kl.to(ce.dtype)
+    ce = F.cross_entropy(logits_student.float(), target)
+    return (1.0 - a) * ce + kl.float()
 
 
 class Distilled(nn.Module):
