@@ -264,6 +264,26 @@ def test_pruning_keeps_the_kept_channels_outputs():
         torch.testing.assert_close(pwh.prune_resnet(net, kept)(x), net(x), rtol=1e-5, atol=1e-5)
 
 
+def test_bn_recalibration_estimates_the_samples_statistics():
+    """Pruning changes the activations: the pruned net's BN statistics are re-estimated on the sample (with
+    the teacher's, the least squares fit eval-mode features that training never sees)."""
+    torch.manual_seed(0)
+    model = ak.models.adjoined_resnet18(num_classes=10, alpha=4, in_channels=1, stem="cifar", width=8)
+    net = ak.export_full(model)
+    bn = pwh.convs_bns(net.stages[1][0])[1][0]
+    with torch.no_grad():
+        bn.running_mean.fill_(5.0)
+        bn.running_var.fill_(9.0)
+    x = torch.randn(12, 1, 16, 16)
+    with pwh.capture(bn, "input") as inp:
+        pwh.recalibrate_bn(net.eval(), x, 4)  # 3 equal batches: the average of their means is the mean
+    assert len(inp) == 3 and not net.training and bn.momentum == 0.1
+    h = torch.cat(inp).transpose(0, 1).flatten(1)
+    torch.testing.assert_close(bn.running_mean, h.mean(1), rtol=1e-4, atol=1e-5)
+    var = torch.stack([b.transpose(0, 1).flatten(1).var(1) for b in inp]).mean(0)  # per batch, unbiased
+    torch.testing.assert_close(bn.running_var, var, rtol=1e-4, atol=1e-5)
+
+
 def test_pwh_run(data, teacher, tmp_path):
     out = tmp_path / "pwh"
     assert cli.main([*base(data, out, "pwh", teacher, 3), "--no-onnx", "--pwh-samples", "32"]) == 0
@@ -274,6 +294,7 @@ def test_pwh_run(data, teacher, tmp_path):
     assert len(s["pwh_reconstruction"]) == 2 and s["pwh_iters"] == 2
     recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["phase"] for r in recs] == [1, 2, 3] and all(r["test_acc_full"] is None for r in recs)
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in recs)
     assert (out / "phase1-iter1" / "checkpoint.pt").is_file() and (out / "phase2-iter2" / "checkpoint.pt").is_file()
 
 

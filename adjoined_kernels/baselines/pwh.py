@@ -5,8 +5,9 @@ Each of ``--pwh-iters`` iterations (a) prunes channels of the current model by f
 (Molchanov et al., the criterion of that paper's Sec. 3.1: a channel's score is ``|mean_hw(a * dC/da)|``
 averaged over images, ``a`` its BN output for an inner conv, or its block outputs summed over a stage for the
 residual stream), so that every width moves linearly from the teacher's to the small network's; (b)
-reconstructs the hints layer (the last conv) by least squares, ``W = (X^T X)^-1 X^T Y`` on a sample of
-training images, keeping the old weights if they fit a second sample better (Eq. 6); (c) trains with
+re-estimates the pruned network's BN statistics on a sample of training images and reconstructs the hints
+layer (the last conv) by least squares on it, ``W = (X^T X)^-1 X^T Y``, keeping the old weights if they fit a
+second sample better (Eq. 6); (c) trains with
 cross-entropy plus ``--hints-weight`` times the L2 hints loss (mean squared difference of the last conv's
 outputs) against the previous iteration's model. A last hints step trains against the original teacher.
 The hint targets are the teacher's channels that the student kept, so no adaption layer is needed.
@@ -189,6 +190,25 @@ def hint_data(student: PlainResNet, teacher: PlainResNet, t_idx, x, batch_size: 
     return torch.cat(xs), torch.cat(ys)
 
 
+@torch.no_grad()
+def recalibrate_bn(net: nn.Module, x, batch_size: int) -> None:
+    """Re-estimate every BN's running mean and variance of ``net`` on images ``x`` (their plain average over
+    the batches), in place. Pruning changes the distributions that the teacher's statistics describe; without
+    this the eval-mode features that the least squares fit differ from those that training sees."""
+    was = net.training
+    bns = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
+    momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    net.train()
+    for i in range(0, len(x), batch_size):
+        net(x[i:i + batch_size])
+    for m, mom in zip(bns, momenta):
+        m.momentum = mom
+    net.train(was)
+
+
 def reconstruct_hint(student, teacher, t_idx, fit, check, batch_size: int) -> dict:
     """Set ``student``'s hints layer to the least-squares fit of the teacher's hint features (channels
     ``t_idx``) on images ``fit``, unless the old weights fit images ``check`` better (the paper's Eq. 6).
@@ -219,11 +239,12 @@ def _kept_tensors(kept: dict) -> dict:
 
 
 def prune_step(current, widths, ds, args, device, i: int):
-    """(a) and (b) of iteration ``i``: the pruned copy of ``current`` at ``widths``, its kept channels, and
-    the reconstruction report."""
+    """(a) and (b) of iteration ``i``: the pruned copy of ``current`` at ``widths`` (BN statistics re-estimated
+    on the sample), its kept channels, and the reconstruction report."""
     x, y = sample_images(ds, args.pwh_samples, args.seed + i, device)
     kept = select_channels(taylor_importance(current, x, y, args.batch_size), widths)
     student = prune_resnet(current, kept)
+    recalibrate_bn(student, x, args.batch_size)
     check, _ = sample_images(ds, args.pwh_samples, args.seed + i, device, skip=args.pwh_samples)
     t_idx = kept["stream"][-1].to(device)
     recon = reconstruct_hint(student, current, t_idx, x, check if len(check) else x, args.batch_size)
