@@ -244,6 +244,31 @@ def test_refused_patterns_name_node_and_module(case):
         ak.adjoin(model, alpha=4, start="body", input_shape=(3, 8, 8))
 
 
+class Reuse(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv2d(4, 4, 3, padding=1)
+        self.body = nn.Conv2d(4, 4, 1)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.fc(self.c(self.body(self.c(x))).mean((2, 3)))
+
+
+def test_module_shared_and_adjoined_is_refused():
+    with pytest.raises(ValueError, match=r"fx node 'c' .*runs both before the branches split and after"):
+        ak.adjoin(Reuse(), alpha=2, start="body", input_shape=(4, 8, 8))
+
+
+def test_each_layer_keeps_its_train_eval_mode():
+    model = trained_sink().train()
+    model.body.bn_a.eval()  # a frozen BN, as in fine-tuning
+    m = ak.adjoin(model, alpha=2, start="body", input_shape=(3, 8, 8))
+    bn_a, bn_c = m.net.get_submodule("body.bn_a"), m.net.get_submodule("body.bn_c")
+    assert m.training and m.net.training and bn_c.full.training and bn_c.small.training
+    assert not bn_a.full.training and not bn_a.small.training
+
+
 def test_start_errors_list_candidates():
     model = Wrap(nn.Identity())
     with pytest.raises(ValueError, match=r"needs start=.*Candidates: stem, body, body\.0, body\.1, head"):
@@ -281,7 +306,8 @@ def test_triton_training_step_matches_reference(device):
         loss.backward()
         grads = {n: p.grad.clone() for n, p in m.named_parameters()}
         opt.step()
-        results.append((lf.detach(), ls.detach(), loss.detach(), grads, {n: p.detach() for n, p in m.named_parameters()}))
+        params = {n: p.detach() for n, p in m.named_parameters()}
+        results.append((lf.detach(), ls.detach(), loss.detach(), grads, params))
     (lf0, ls0, l0, g0, p0), (lf1, ls1, l1, g1, p1) = results
     assert rel(lf1, lf0) < 1e-5 and rel(ls1, ls0) < 1e-5 and abs(float(l1 - l0)) < 1e-5 * float(l0)
     for n in g0:  # per tensor, relative to its largest gradient (a conv bias before a BN has ~0 gradient)

@@ -52,6 +52,7 @@ class Context:
         self.small: dict = {}
         self.lay: dict = {}
         self.replaced: dict[str, nn.Module] = {}
+        self._keys: dict[str, tuple] = {}
         self.widths: dict[str, tuple[int, int]] = {}
 
     # ---- what a node holds ----------------------------------------------------------------------------
@@ -124,11 +125,10 @@ class Context:
 
     def pair_call(self, node: fx.Node, module: nn.Module, x_full, x_small, lay: Layout):
         """Call two-branch ``module`` at the node's module path on ``(x_full, x_small)``."""
-        path = str(node.target)
-        old = self.replaced.get(path)
-        if old is not None and repr(old) != repr(module):
+        path, key = str(node.target), (str(self.layout(node.args[0])), str(lay))
+        if self._keys.setdefault(path, key) != key:
             self.fail(node, "this module is called twice with different small-branch inputs")
-        self.replaced[path] = module
+        self.replaced.setdefault(path, module)
         pair = self.graph.create_node("call_module", path, (x_full, x_small), {}, name=node.name + "_pair")
         self.full[node] = self.graph.call_function(operator.getitem, (pair, 0), name=node.name)
         self.small[node] = self.graph.call_function(operator.getitem, (pair, 1), name=node.name + "_small")
@@ -157,6 +157,10 @@ class Context:
                 new = self.graph.node_copy(node, lambda n: self.full[n])
                 self.full[node] = self.small[node] = new
         self._check_widths_used()
+        for node in self.gm.graph.nodes:
+            if node.op == "call_module" and node not in self.branch and node.target in self.replaced:
+                self.fail(node, "this module runs both before the branches split and after; it cannot be "
+                                "shared and adjoined at once")
         return self.graph
 
     def _check_widths_used(self):

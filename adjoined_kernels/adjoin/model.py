@@ -9,6 +9,7 @@ import copy
 import torch.fx as fx
 import torch.nn as nn
 
+from ..nn import AdjoinedBatchNorm2d
 from .builder import Context
 from .tracing import (DEFAULT_HW, branch_nodes, first_conv_channels, logits_layers, propagate_shapes,
                       resolve_start, trace)
@@ -88,6 +89,7 @@ def adjoin(model: nn.Module, alpha: int = 4, start: str | None = None, small_wid
     if isinstance(alpha, bool) or not isinstance(alpha, int) or alpha < 1:
         raise ValueError(f"alpha must be a positive int, got {alpha!r}")
     model = copy.deepcopy(model)
+    modes = {id(m): m.training for m in model.modules()}
     start = resolve_start(model, start)
     gm = trace(model)
     propagate_shapes(gm, input_shape or (first_conv_channels(gm), DEFAULT_HW, DEFAULT_HW))
@@ -98,7 +100,11 @@ def adjoin(model: nn.Module, alpha: int = 4, start: str | None = None, small_wid
     for path, module in ctx.replaced.items():
         _set_submodule(gm, path, module)
     net = fx.GraphModule(gm, graph, type(model).__name__ + "Adjoined")
-    net.train(model.training)
+    for m in net.modules():  # every layer keeps its own mode; new containers take the model's
+        m.training = modes.get(id(m), model.training)
+    for m in net.modules():
+        if isinstance(m, AdjoinedBatchNorm2d):
+            m.small.training = m.full.training
     shared = sorted({str(n.target) for n in gm.graph.nodes if n.op == "call_module" and n not in branch})
     return AdjoinedModel(net, alpha, start, backend, ctx.widths, shared)
 

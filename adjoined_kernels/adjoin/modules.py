@@ -67,9 +67,10 @@ class SplitAdjoinedConv2d(nn.Module):
                 self._conv(x_small, self.small_weight(), b_s, self.small_groups))
 
     def extra_repr(self):
+        gathered = self.in_runs is not None and len(self.in_runs) > 1
         return (f"{self.in_channels}->{self.out_channels} (small {self.small_in_channels}->"
                 f"{self.small_out_channels}), kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"groups={self.groups} (small {self.small_groups}), gathered={self.in_runs is not None and len(self.in_runs) > 1}")
+                f"groups={self.groups} (small {self.small_groups}), gathered={gathered}")
 
 
 class AdjoinedLinear(nn.Module):

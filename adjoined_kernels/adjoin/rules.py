@@ -79,7 +79,7 @@ def convert(ctx: Context, node: fx.Node) -> None:
 def _module(ctx: Context, node: fx.Node, mod: nn.Module) -> None:
     if _plain_forward(mod, nn.Conv2d):
         return convert_conv(ctx, node, mod)
-    if isinstance(mod, nn.modules.batchnorm._BatchNorm) and type(mod).forward is nn.modules.batchnorm._BatchNorm.forward:
+    if _plain_forward(mod, nn.modules.batchnorm._BatchNorm):
         return convert_batchnorm(ctx, node, mod)
     if _plain_forward(mod, nn.Linear):
         return convert_linear(ctx, node, mod)
