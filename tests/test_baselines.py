@@ -212,6 +212,11 @@ def test_least_squares_matches_lstsq():
     Xr = torch.cat([X, X[:, :3]], 1)  # rank deficient: the minimum-norm solution
     torch.testing.assert_close(pwh.least_squares(Xr, Y), torch.linalg.lstsq(Xr.double(), Y.double(),
                                                                             driver="gelsd").solution)
+    lam = pwh.ridge_lambda(Xr, 1e-3)  # the ridge: least squares of the system stacked with sqrt(lam) I
+    assert lam == pytest.approx(1e-3 * (Xr.double() ** 2).sum(0).mean().item())
+    Xa = torch.cat([Xr.double(), lam ** 0.5 * torch.eye(27, dtype=torch.float64)])
+    Ya = torch.cat([Y.double(), torch.zeros(27, 5, dtype=torch.float64)])
+    torch.testing.assert_close(pwh.least_squares(Xr, Y, 1e-3), torch.linalg.lstsq(Xa, Ya).solution)
 
 
 def test_hints_reconstruction_is_the_least_squares_fit():
@@ -229,7 +234,10 @@ def test_hints_reconstruction_is_the_least_squares_fit():
     assert X.shape == (24 * 4 * 4, conv.in_channels * 9) and Y.shape == (24 * 4 * 4, conv.out_channels)
     rep = pwh.reconstruct_hint(student, teacher, t_idx, fit, check, 10)
     assert rep["reconstructed"] and rep["hint_mse_reconstructed"] < rep["hint_mse_pruned"]
-    want = torch.linalg.lstsq(X.double(), Y.double()).solution.T.reshape(conv.weight.shape)
+    lam = pwh.ridge_lambda(X, pwh.RIDGE)
+    Xa = torch.cat([X.double(), lam ** 0.5 * torch.eye(X.shape[1], dtype=torch.float64)])
+    Ya = torch.cat([Y.double(), torch.zeros(X.shape[1], Y.shape[1], dtype=torch.float64)])
+    want = torch.linalg.lstsq(Xa, Ya).solution.T.reshape(conv.weight.shape)
     torch.testing.assert_close(conv.weight.double(), want, rtol=1e-4, atol=1e-5)
 
 
@@ -301,3 +309,23 @@ def test_pwh_run(data, teacher, tmp_path):
 def test_phased_methods_need_an_epoch_per_phase(data, teacher, tmp_path, capsys):
     assert cli.main(base(data, tmp_path, "pwh", teacher, 2)) == 2
     assert "--epochs must be >= 3" in capsys.readouterr().err
+
+
+def test_pwh_resume_is_exact(data, teacher, tmp_path):
+    """Stopped between phases, then inside the last one: the resumed run ends with the uninterrupted run's bits."""
+    argv = ["--data-dir", str(data), "--subset", "64", "--epochs", "4", "--method", "pwh", "--teacher", str(teacher),
+            *FAST, "--no-onnx", "--bench-runs", "0", "--device", "cpu", "--pwh-samples", "32"]
+    assert cli.main([*argv, "--out", str(tmp_path / "a")]) == 0
+    b = ["--out", str(tmp_path / "b")]
+    assert cli.main([*argv, *b, "--stop-after", "1"]) == 0
+    assert not (tmp_path / "b" / "phase2-iter2").exists()
+    assert cli.main([*argv, *b, "--resume", "--stop-after", "2"]) == 0  # phase 2, then 1 of phase 3's 2 epochs
+    assert not (tmp_path / "b" / "summary.json").exists()
+    assert cli.main([*argv, *b, "--resume"]) == 0
+    ca = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)["model"]
+    cb = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)["model"]
+    assert ca.keys() == cb.keys() and all(torch.equal(ca[k], cb[k]) for k in ca)
+    la = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    lb = [json.loads(x) for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["epoch"], r["phase"], r["loss"]) for r in la] == [(r["epoch"], r["phase"], r["loss"]) for r in lb]
+    assert [r["phase"] for r in la] == [1, 2, 3, 3]

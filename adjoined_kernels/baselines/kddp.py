@@ -141,7 +141,7 @@ def run_kddp(args, ds, device, log=print):
     student = build_student(args, ds, build_adjoined(args, ds) if args.kddp_student == "resnet" else None)
     phases = Phases(args, ds, device, log)
     net, finished = phases.run(prepare(Distilled(student, teacher, l1=args.kddp_l1), device), 1, "l1", e1)
-    if not finished:
+    if not finished or phases.stopped(2, None, e2):
         phases.write_metrics()
         return net, phases.history, False
     info = os.path.join(args.out, "kddp_pruning.json")

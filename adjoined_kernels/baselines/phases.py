@@ -49,18 +49,28 @@ class Phases:
         return bool(self.args.resume) and os.path.isfile(os.path.join(phase_dir(self.args, index, name),
                                                                       "checkpoint.pt"))
 
+    def done_epochs(self, index: int, name: str | None) -> int:
+        """Epochs of the phase that its checkpoint holds (0 without ``--resume`` or a checkpoint)."""
+        if not self.resuming(index, name):
+            return 0
+        ck = os.path.join(phase_dir(self.args, index, name), "checkpoint.pt")
+        return torch.load(ck, map_location="cpu", weights_only=False)["epoch"]
+
+    def stopped(self, index: int, name: str | None, epochs: int) -> bool:
+        """Whether ``--stop-after`` is used up before this unfinished phase (then nothing of it is prepared)."""
+        return self.budget is not None and self.budget <= 0 and self.done_epochs(index, name) < epochs
+
     def run(self, net, index: int, name: str | None, epochs: int):
         """Train ``net`` for phase ``index`` (``name`` None: the last phase, in OUT). Returns
         ``(net, finished)``; ``finished`` is False when ``--stop-after`` ended the run."""
         from ..train.loop import train
+        if self.stopped(index, name, epochs):
+            return net, False
         sub = copy.copy(self.args)
         sub.epochs, sub.out = epochs, phase_dir(self.args, index, name)
         os.makedirs(sub.out, exist_ok=True)
-        ck = os.path.join(sub.out, "checkpoint.pt")
         sub.resume = "auto" if self.resuming(index, name) else None
-        done = torch.load(ck, map_location="cpu", weights_only=False)["epoch"] if sub.resume else 0
-        if self.budget is not None and done < epochs and self.budget <= 0:
-            return net, False
+        done = self.done_epochs(index, name)
         sub.stop_after = self.budget
         self.log(f"{self.args.method} phase {index} ({name or 'final'}): {epochs} epoch(s) in {sub.out}")
         net, hist, finished = train(sub, self.ds, self.device, self.log, net=net)

@@ -6,8 +6,8 @@ Each of ``--pwh-iters`` iterations (a) prunes channels of the current model by f
 averaged over images, ``a`` its BN output for an inner conv, or its block outputs summed over a stage for the
 residual stream), so that every width moves linearly from the teacher's to the small network's; (b)
 re-estimates the pruned network's BN statistics on a sample of training images and reconstructs the hints
-layer (the last conv) by least squares on it, ``W = (X^T X)^-1 X^T Y``, keeping the old weights if they fit a
-second sample better (Eq. 6); (c) trains with
+layer (the last conv) by least squares on it, ``W = (X^T X + l I)^-1 X^T Y`` (``l``: a small ridge, see
+:data:`RIDGE`), keeping the old weights if they fit a second sample better (Eq. 6); (c) trains with
 cross-entropy plus ``--hints-weight`` times the L2 hints loss (mean squared difference of the last conv's
 outputs) against the previous iteration's model. A last hints step trains against the original teacher.
 The hint targets are the teacher's channels that the student kept, so no adaption layer is needed.
@@ -163,12 +163,22 @@ def hint_conv(net: PlainResNet) -> nn.Conv2d:
     return convs_bns(net.stages[1][-1])[0][-1]
 
 
-def least_squares(X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
-    """``W = (X^T X)^-1 X^T Y`` in float64 (``X`` ``[rows, k]``, ``Y`` ``[rows, m]`` -> ``[k, m]``), by the
-    normal equations as the paper writes it; a rank-deficient ``X`` falls back to the minimum-norm solution."""
+RIDGE = 1e-3  # of the mean diagonal of X^T X: the reconstruction's guard against an ill-conditioned fit
+
+
+def ridge_lambda(X: torch.Tensor, ridge: float) -> float:
+    """The absolute ridge ``ridge * mean(diag(X^T X))`` (0 when ``ridge`` is 0)."""
+    return float(ridge * X.double().pow(2).sum(0).mean()) if ridge else 0.0
+
+
+def least_squares(X: torch.Tensor, Y: torch.Tensor, ridge: float = 0.0) -> torch.Tensor:
+    """``W = (X^T X + l I)^-1 X^T Y`` in float64 (``X`` ``[rows, k]``, ``Y`` ``[rows, m]`` -> ``[k, m]``), by
+    the normal equations as the paper writes it (``l = 0``), with ``l`` = :func:`ridge_lambda` of ``ridge``.
+    Without a ridge, a rank-deficient ``X`` falls back to the minimum-norm solution."""
     X, Y = X.double(), Y.double()
+    lam = ridge_lambda(X, ridge)
     try:
-        return torch.linalg.solve(X.T @ X, X.T @ Y)
+        return torch.linalg.solve(X.T @ X + lam * torch.eye(X.shape[1], dtype=X.dtype, device=X.device), X.T @ Y)
     except RuntimeError:  # singular X^T X: e.g. a channel that is zero on every sampled image
         return torch.linalg.pinv(X) @ Y
 
@@ -217,7 +227,7 @@ def reconstruct_hint(student, teacher, t_idx, fit, check, batch_size: int) -> di
     student.eval(), teacher.eval()
     conv = hint_conv(student)
     X, Y = hint_data(student, teacher, t_idx, fit, batch_size)
-    W = least_squares(X, Y).T.reshape(conv.weight.shape)
+    W = least_squares(X, Y, RIDGE).T.reshape(conv.weight.shape)
     Xc, Yc = hint_data(student, teacher, t_idx, check, batch_size)
     old = conv.weight.detach().double().reshape(conv.out_channels, -1)
     err_old = float(((Xc.double() @ old.T - Yc.double()) ** 2).mean())
@@ -242,6 +252,8 @@ def prune_step(current, widths, ds, args, device, i: int):
     """(a) and (b) of iteration ``i``: the pruned copy of ``current`` at ``widths`` (BN statistics re-estimated
     on the sample), its kept channels, and the reconstruction report."""
     x, y = sample_images(ds, args.pwh_samples, args.seed + i, device)
+    if i > 1:  # the previous iteration's model, the teacher now: its running statistics lag its short training
+        recalibrate_bn(current, x, args.batch_size)
     kept = select_channels(taylor_importance(current, x, y, args.batch_size), widths)
     student = prune_resnet(current, kept)
     recalibrate_bn(student, x, args.batch_size)
@@ -266,6 +278,9 @@ def run_pwh(args, ds, device, log=print):
     current, to_orig = original, None
     for i in range(1, iters + 1):
         widths = interpolate(full, target, i, iters)
+        if phases.stopped(i, f"iter{i}", epochs[i - 1]):
+            phases.write_metrics()
+            return current, phases.history, False
         if i <= len(info["iterations"]):
             kept = _kept_tensors(info["iterations"][i - 1]["kept"])
             student = prune_resnet(current, kept)
