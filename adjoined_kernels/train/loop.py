@@ -8,6 +8,9 @@ Methods:
   model: the same initial weights as the small branch of an ``adjoined`` run), CE only.
 - ``search`` (``adjoined-search``): the DAN search network, loss :func:`adjoined_kernels.dan.dan_loss`; the
   gate logits train with their own Adam and tau follows its per-epoch schedule (:mod:`.search`).
+- ``kd``, ``kddp``, ``pwh``: the comparison baselines, students of a frozen ``--teacher``
+  (:mod:`adjoined_kernels.baselines`, docs/baselines.md); ``kddp`` and ``pwh`` train in phases, each one run
+  of :func:`train` with its own checkpoint.
 
 Determinism: the model is built right after ``torch.manual_seed(seed)``; shuffling and augmentation in epoch
 ``e`` draw from a generator seeded ``seed*1000 + e``. A checkpoint is written after every epoch, so
