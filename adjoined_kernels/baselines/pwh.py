@@ -6,8 +6,8 @@ Each of ``--pwh-iters`` iterations (a) prunes channels of the current model by f
 averaged over images, ``a`` its BN output for an inner conv, or its block outputs summed over a stage for the
 residual stream), so that every width moves linearly from the teacher's to the small network's; (b)
 re-estimates the pruned network's BN statistics on a sample of training images and reconstructs the hints
-layer (the last conv) by least squares on it, ``W = (X^T X + l I)^-1 X^T Y`` (``l``: a small ridge, see
-:data:`RIDGE`), keeping the old weights if they fit a second sample better (Eq. 6); (c) trains with
+layer (the last conv) by least squares on it, ``W = (X^T X + l I)^-1 X^T Y`` (``l``: a ridge, see
+:data:`RIDGE`; the paper's exact fit made training diverge), keeping the old weights if they fit a second sample better (Eq. 6); (c) trains with
 cross-entropy plus ``--hints-weight`` times the L2 hints loss (mean squared difference of the last conv's
 outputs) against the previous iteration's model. A last hints step trains against the original teacher.
 The hint targets are the teacher's channels that the student kept, so no adaption layer is needed.
@@ -163,7 +163,7 @@ def hint_conv(net: PlainResNet) -> nn.Conv2d:
     return convs_bns(net.stages[1][-1])[0][-1]
 
 
-RIDGE = 1e-3  # of the mean diagonal of X^T X: the reconstruction's guard against an ill-conditioned fit
+RIDGE = 0.1  # of the mean diagonal of X^T X: keeps the hints phase stable (docs/baselines.md)
 
 
 def ridge_lambda(X: torch.Tensor, ridge: float) -> float:

@@ -45,6 +45,9 @@ def parse(argv=None):
                    help="alphas of small-from-scratch, KD, KDDP and PWH")
     p.add_argument("--kd-temperature", type=float, default=4.0, help="T of KD and KDDP")
     p.add_argument("--pwh-iters", type=int, default=2)
+    p.add_argument("--pwh-lr", type=float, default=0.015,
+                   help="peak LR of PWH, which fine-tunes the trained teacher (the others train from scratch at "
+                        "adjoined-train's --lr); at 0.15 its hints phases went NaN")
     p.add_argument("--threads", type=int, default=1, help="CPU threads of each run (1 on a shared machine)")
     p.add_argument("--train-args", default="", help="more adjoined-train options for every run, one string")
     p.add_argument("--out", default="runs/claims")
@@ -69,7 +72,7 @@ def plan(a) -> list[tuple[int, str, int, list[str]]]:
             runs.append((seed, "small", al, []))
             runs.append((seed, "kd", al, teacher + ["--temperature", str(a.kd_temperature)]))
             runs.append((seed, "kddp", al, teacher + ["--temperature", str(a.kd_temperature)]))
-            runs.append((seed, "pwh", al, teacher + ["--pwh-iters", str(a.pwh_iters)]))
+            runs.append((seed, "pwh", al, teacher + ["--pwh-iters", str(a.pwh_iters), "--lr", str(a.pwh_lr)]))
     return runs
 
 
@@ -264,7 +267,8 @@ def report(a, rows, wall: float | None) -> str:
              f"{a.arch}, width {a.width}, stem {a.stem}; {a.epochs} epochs per run (kddp and pwh share them "
              f"among their phases; pwh: {a.pwh_iters} iteration(s) + the final hints step); seeds "
              f"0..{a.seeds - 1}; {a.threads} CPU thread(s) per run; KD/KDDP temperature {a.kd_temperature}, "
-             "kd-alpha 0.5; every other option is adjoined-train's default (docs/baselines.md)."
+             f"kd-alpha 0.5; PWH fine-tunes the teacher at peak LR {a.pwh_lr} (the others train from scratch at "
+             "0.15); every other option is adjoined-train's default (docs/baselines.md)."
              + (f" Extra options: `{a.train_args}`." if a.train_args else ""),
              ""]
     lines += [f"Training time summed over the runs: {total_train_time(a) / 60:.1f} min"
