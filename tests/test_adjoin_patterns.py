@@ -182,6 +182,8 @@ def test_small_widths_override_and_residual_slicing():
         ak.adjoin(model, alpha=4, small_widths={"stem": 2}, input_shape=(3, 8, 8))
     with pytest.raises(ValueError, match=r"small_widths\['layer2.c1'\] must be an int in \[1, 16\]"):
         ak.adjoin(model, alpha=4, small_widths={"layer2.c1": 17}, input_shape=(3, 8, 8))
+    with pytest.raises(ValueError, match="'fc', the logits layer, which keeps its 4 outputs"):
+        ak.adjoin(model, alpha=4, small_widths={"fc": 2}, input_shape=(3, 8, 8))
 
 
 class Wrap(nn.Module):

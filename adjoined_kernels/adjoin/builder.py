@@ -9,7 +9,7 @@ import torch.fx as fx
 import torch.nn as nn
 
 from .layout import Layout, gather
-from .modules import adjoined_batchnorm, adjoined_conv
+from .modules import AdjoinedLinear, adjoined_batchnorm, adjoined_conv
 from .tracing import node_path
 
 VARIES = "varies"  # a non-tensor value (a size) that differs between the branches
@@ -135,6 +135,15 @@ class Context:
         self.lay[node] = lay
 
     # ---- small widths ---------------------------------------------------------------------------------
+    def out_width(self, node: fx.Node, full: int) -> int:
+        """Small output width of a conv/linear node: ``full`` for the logits layer, else :meth:`width`."""
+        path = str(node.target)
+        if node not in self.logits:
+            return self.width(path, full)
+        if path in self.small_widths:
+            raise ValueError(f"small_widths names {path!r}, the logits layer, which keeps its {full} outputs")
+        return full
+
     def width(self, path: str, full: int) -> int:
         """Small output width of the conv/linear at ``path``: the ``small_widths`` override, else
         ``max(1, full // alpha)``."""
@@ -177,7 +186,7 @@ def convert_conv(ctx: Context, node: fx.Node, conv: nn.Conv2d):
     if not isinstance(lay, Layout) or lay.full != conv.in_channels:
         ctx.fail(node, f"the conv's input has no channel layout matching in_channels={conv.in_channels}")
     if conv.groups == 1:
-        out_s = conv.out_channels if node in ctx.logits else ctx.width(path, conv.out_channels)
+        out_s = ctx.out_width(node, conv.out_channels)
         module = adjoined_conv(conv, lay, out_s, 1, ctx.backend)
         ctx.pair_call(node, module, ctx.full[x], ctx.small[x], Layout.prefix(conv.out_channels, out_s))
     else:
@@ -196,13 +205,10 @@ def convert_conv(ctx: Context, node: fx.Node, conv: nn.Conv2d):
 
 def _small_groups(ctx: Context, node: fx.Node, conv: nn.Conv2d) -> int:
     per_group = conv.out_channels // conv.groups
-    path = str(node.target)
-    if node in ctx.logits:
-        return conv.groups
-    if path in ctx.small_widths:
-        w = ctx.width(path, conv.out_channels)
+    if node in ctx.logits or str(node.target) in ctx.small_widths:
+        w = ctx.out_width(node, conv.out_channels)
         if w % per_group:
-            raise ValueError(f"small_widths[{path!r}]={w} must be a multiple of out_channels/groups={per_group} "
+            raise ValueError(f"small_widths[{str(node.target)!r}]={w} must be a multiple of out_channels/groups={per_group} "
                              f"(the small conv keeps whole groups)")
         return w // per_group
     if conv.groups % ctx.alpha:
@@ -220,7 +226,6 @@ def convert_batchnorm(ctx: Context, node: fx.Node, bn: nn.Module):
 
 
 def convert_linear(ctx: Context, node: fx.Node, linear: nn.Linear):
-    from .modules import AdjoinedLinear
     x = node.args[0]
     lay, shape, path = ctx.layout(x), ctx.shape(x), str(node.target)
     if shape is None or len(shape) != 2:
@@ -230,7 +235,7 @@ def convert_linear(ctx: Context, node: fx.Node, linear: nn.Linear):
         ctx.fail(node, f"an nn.Linear in the middle of the network, acting on the last dim of a "
                        f"{len(shape or ())}-D activation whose dim 1 holds {lay}; only a Linear on "
                        f"[N, features] (after flatten) can be adjoined")
-    out_s = linear.out_features if node in ctx.logits else ctx.width(path, linear.out_features)
+    out_s = ctx.out_width(node, linear.out_features)
     ctx.pair_call(node, AdjoinedLinear(linear, lay, out_s), ctx.full[x], ctx.small[x],
                   Layout.prefix(linear.out_features, out_s))
     ctx.widths[path] = (linear.out_features, out_s)
