@@ -318,10 +318,14 @@ def test_triton_training_step_matches_reference(device):
         assert rel(p1[n], p0[n]) < 1e-5, n
 
 
-def test_onnx_export_of_small_network(tmp_path):
+def test_onnx_export_and_pickle_of_small_network(tmp_path):
     pytest.importorskip("onnxruntime")
     from adjoined_kernels.train.report import export_onnx
     m = ak.adjoin(trained_sink(), alpha=2, start="body", input_shape=(3, 8, 8)).eval()
     for fold in (False, True):
         err = export_onnx(ak.export_small(m, fold_bn=fold), (3, 8, 8), str(tmp_path / f"small{fold}.onnx"))
         assert err is not None and err < 1e-5
+    small, x = ak.export_small(m), torch.randn(2, 3, 8, 8)
+    torch.save(small, tmp_path / "small.pt")  # what adjoined-train writes
+    with torch.no_grad():
+        assert torch.equal(torch.load(tmp_path / "small.pt", weights_only=False)(x), small(x))
