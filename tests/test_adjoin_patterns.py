@@ -258,6 +258,21 @@ class Reuse(nn.Module):
         return self.fc(self.c(self.body(self.c(x))).mean((2, 3)))
 
 
+def test_inplace_ops_on_the_shared_tensor_run_once_per_branch():
+    """The branches start with an in-place, non-idempotent activation on the shared tensor: each branch must
+    apply it to the shared tensor once (run out of place), not twice to one tensor."""
+    torch.manual_seed(0)
+    model = Wrap(nn.Identity())
+    model.body = nn.Sequential(nn.Hardswish(inplace=True), nn.Conv2d(16, 16, 3, padding=1), Fn(lambda x: x.relu_()))
+    model.eval()
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        ref = model(x)
+        lf, ls = ak.adjoin(model, alpha=1, start="body", input_shape=(3, 8, 8))(x)
+    assert torch.equal(lf, ref) and torch.equal(ls, ref)
+    assert model.body[0].inplace  # the caller's model is untouched
+
+
 def test_module_shared_and_adjoined_is_refused():
     with pytest.raises(ValueError, match=r"fx node 'c' .*runs both before the branches split and after"):
         ak.adjoin(Reuse(), alpha=2, start="body", input_shape=(4, 8, 8))
