@@ -21,6 +21,16 @@ def device():
     return DEVICE
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module of tiny problems: as fast, and it does not stall when the CI machine's
+    cores are busy (two OpenMP threads on a loaded 2-core machine ran 30x slower)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture
 def sm90_tool():
     """Runs a script of tools/ that compiles offline for sm_90 (Triton's bundled ptxas and cuobjdump, no GPU):

@@ -23,13 +23,9 @@ HW = 32
 
 
 @pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These are tiny problems: one intra-op thread is as fast, and does not stall when the CI machine's
-    cores are busy (two OpenMP threads on a loaded 2-core machine ran 30x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
+def clear_caches(one_thread):
+    """Tiny problems on one thread (conftest's one_thread); the cached models go with the module."""
     yield
-    torch.set_num_threads(n)
     base.cache_clear()
     adjoined.cache_clear()
 

@@ -13,12 +13,7 @@ from adjoined_kernels.adjoin.torchvision_models import _vgg_small
 tv = pytest.importorskip("torchvision")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def rel(a, b) -> float:
