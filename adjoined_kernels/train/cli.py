@@ -84,7 +84,8 @@ def build_parser(search: bool = False) -> argparse.ArgumentParser:
                             "value per model, docs/adjoin.md)")
         g.add_argument("--pretrained", default=None, metavar="PATH",
                        help="tv: models: a local torchvision state dict loaded before adjoining (never downloaded)")
-    g.add_argument("--width", type=int, default=d["width"], help="base width (64 in torchvision); adjoined ResNets only")
+    g.add_argument("--width", type=int, default=d["width"],
+                   help="base width (64 in torchvision); adjoined ResNets only")
     if search:
         _search_options(p)
     else:
@@ -227,7 +228,8 @@ def _validate(args, parser) -> str | None:
 
 def _validate_baseline(args, tv: bool) -> str | None:
     if tv or args.arch_json:
-        return f"--method {args.method} distils the built-in ResNets at a uniform --alpha (no tv: models, no --arch-json)"
+        return (f"--method {args.method} distils the built-in ResNets at a uniform --alpha (no tv: models, no "
+                "--arch-json)")
     if not 0 <= args.kd_alpha <= 1:
         return f"--kd-alpha must be in [0, 1], got {args.kd_alpha}"
     if args.kddp_fc1 < 1 or args.pwh_iters < 1 or args.pwh_samples < 1:

@@ -42,7 +42,8 @@ from .search import start_epoch as start_search_epoch
 # Arguments that must match between a checkpoint and the run that resumes it.
 RESUME_KEYS = ("method", "dataset", "arch", "width", "alpha", "stem", "epochs", "batch_size", "lr", "optimizer",
                "weight_decay", "schedule", "milestones", "lam_schedule", "lam_scale", "temperature", "seed",
-               "subset", "image_size", "arch_json", "adjoin_start", "search_alphas", "flops_weight", "flops_target", "tau0",
+               "subset", "image_size", "arch_json", "adjoin_start", "search_alphas", "flops_weight", "flops_target",
+               "tau0",
                "tau_decay", "arch_lr", "teacher", "kd_alpha", "kddp_student", "kddp_fc1", "kddp_l1", "pwh_iters",
                "hints_weight", "pwh_samples")
 SEARCH = "search"  # the method of adjoined-search (DAN)

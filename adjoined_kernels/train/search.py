@@ -139,8 +139,8 @@ def arch_table(arch: dict) -> str:
         cands = "  ".join(f"{c}:{p:.2f}" for c, p in zip(lay["candidates"], lay["probs"]))
         lines.append(f"{lay['name']:<16} {lay['full']:>5}  {cands:<44} {lay['width']}")
     fl, pa = arch["flops"], arch["params"]
-    lines.append(f"searched small net: {pa['small']:,} params, {fl['small']:,} FLOPs "
-                 f"({fl['small'] / fl['full']:.3f} of the full net's {fl['full']:,}); E[FLOPs] {fl['expected_small']:,.0f}")
+    lines.append(f"searched small net: {pa['small']:,} params, {fl['small']:,} FLOPs ({fl['small'] / fl['full']:.3f} "
+                 f"of the full net's {fl['full']:,}); E[FLOPs] {fl['expected_small']:,.0f}")
     return "\n".join(lines)
 
 
@@ -153,6 +153,7 @@ def finish_search(args, ds, net, history, log=print) -> dict:
                 args.flops_target)
     log("")
     log(arch_table(arch))
+    path = os.path.join(args.out, "arch.json")
     log(f"\nsearched for {len(history)} epochs; outputs in {args.out} (retrain with: adjoined-train "
-        f"--arch {args.arch} --width {args.width} --stem {args.stem} --arch-json {os.path.join(args.out, 'arch.json')})")
+        f"--arch {args.arch} --width {args.width} --stem {args.stem} --arch-json {path})")
     return arch
