@@ -35,17 +35,23 @@ def parse(argv):
     p.add_argument("--flops-weight", type=float, default=4.0)
     p.add_argument("--subset", type=int, default=None, help="train/test images of the two trainings (smoke runs)")
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--data-dir", default=None, help="Fashion-MNIST IDX directory (default: the trainer's)")
     return p.parse_args(argv)
 
 
-def uniform_target(alpha: int = 4) -> float:
-    """FLOPs of the uniform alpha small network over the full network's, at 28x28."""
+def uniform_target(alpha: int = 4, hw=(28, 28)) -> float:
+    """FLOPs of the uniform alpha small network over the full network's, at ``hw``."""
     net = ak.models.adjoined_resnet18(num_classes=10, alpha=alpha, in_channels=1, stem="cifar", width=16)
-    return net.small_flops((28, 28)) / net.full_flops((28, 28))
+    return net.small_flops(hw) / net.full_flops(hw)
 
 
-def run(fn, argv):
-    print("\n$", "adjoined-search" if fn is train.search else "adjoined-train", " ".join(argv), flush=True)
+def run(fn, argv, done: str):
+    """Run one command unless its output ``done`` exists (a killed demo resumes with the runs it finished)."""
+    name = "adjoined-search" if fn is train.search_main else "adjoined-train"
+    if os.path.exists(done):
+        print(f"\n{name}: {done} exists, skipping that run", flush=True)
+        return
+    print("\n$", name, " ".join(argv), flush=True)
     code = fn(argv)
     if code != 0:
         sys.exit(f"dan_demo: the run above failed with exit code {code}")
@@ -54,18 +60,20 @@ def run(fn, argv):
 def one_seed(a, seed: int, target: float) -> dict:
     base = os.path.join(a.out, f"seed{seed}")
     common = MODEL + ["--seed", str(seed), "--no-onnx", "--threads", str(a.threads)]
+    if a.data_dir:
+        common += ["--data-dir", a.data_dir]
     sub = ["--subset", str(a.subset)] if a.subset else []
     search_out = os.path.join(base, "search")
-    run(train.search, common + ["--out", search_out, "--epochs", str(a.search_epochs),
-                                "--subset", str(a.search_subset if not a.subset else a.subset),
-                                "--search-alphas", *map(str, a.search_alphas), "--flops-target", f"{target:.6f}",
-                                "--flops-weight", str(a.flops_weight), "--arch-lr", str(a.arch_lr),
-                                "--bench-runs", "0"])
     arch = os.path.join(search_out, "arch.json")
-    run(train.main, common + sub + ["--out", os.path.join(base, "dan"), "--epochs", str(a.epochs),
-                                    "--arch-json", arch])
-    run(train.main, common + sub + ["--out", os.path.join(base, "uniform"), "--epochs", str(a.epochs),
-                                    "--alpha", "4"])
+    run(train.search_main, common + ["--out", search_out, "--epochs", str(a.search_epochs),
+                                     "--subset", str(a.search_subset if not a.subset else a.subset),
+                                     "--search-alphas", *map(str, a.search_alphas),
+                                     "--flops-target", f"{target:.6f}", "--flops-weight", str(a.flops_weight),
+                                     "--arch-lr", str(a.arch_lr), "--bench-runs", "0"], arch)
+    for name, extra in (("dan", ["--arch-json", arch]), ("uniform", ["--alpha", "4"])):
+        out = os.path.join(base, name)
+        run(train.main, common + sub + ["--out", out, "--epochs", str(a.epochs), *extra],
+            os.path.join(out, "summary.json"))
     runs = {k: json.load(open(os.path.join(base, k, "summary.json"))) for k in ("dan", "uniform")}
     runs["arch"] = json.load(open(arch))
     return runs

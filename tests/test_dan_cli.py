@@ -106,3 +106,22 @@ def test_search_bad_arguments_exit_2(idx_dir, tmp_path, capsys, extra, msg):
     assert cli.search_main(argv) == 2
     err = capsys.readouterr().err
     assert msg in err and err.startswith("adjoined-search: error")
+
+
+def test_dan_demo_end_to_end_and_resume(idx_dir, tmp_path, capsys):
+    """python/dan_demo.py on the synthetic data, two seeds, then again: every run is skipped, same table."""
+    import importlib.util
+    import os
+    path = os.path.join(os.path.dirname(__file__), "..", "python", "dan_demo.py")
+    spec = importlib.util.spec_from_file_location("dan_demo", path)
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    argv = ["--out", str(tmp_path), "--seeds", "0", "1", "--subset", "32", "--search-epochs", "1", "--threads", "1",
+            "--data-dir", str(idx_dir)]
+    assert demo.main(argv) == 0
+    table = (tmp_path / "table.md").read_text()
+    assert "DAN small (searched widths)" in table and " ± " in table and "2 seed(s)" in table
+    capsys.readouterr()
+    assert demo.main(argv) == 0
+    assert capsys.readouterr().out.count("exists, skipping that run") == 6
+    assert (tmp_path / "table.md").read_text() == table

@@ -11,10 +11,10 @@ def main(argv=None) -> int:
     return _main(argv)
 
 
-def search(argv=None) -> int:
+def search_main(argv=None) -> int:
     """``adjoined-search`` (the DAN width search) with ``argv``; returns the exit code."""
     from .cli import search_main
     return search_main(argv)
 
 
-__all__ = ["main", "search", "load_dataset", "Dataset", "DataError"]
+__all__ = ["main", "search_main", "load_dataset", "Dataset", "DataError"]
