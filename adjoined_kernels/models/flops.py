@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
+from .._checks import pair
 from .widths import StageWidths
 
 
@@ -17,8 +18,7 @@ def out_size(hw: tuple[int, int], m) -> tuple[int, int]:
     """Output ``(P, Q)`` of a conv or max-pool module ``m`` on an ``(H, W)`` input (floor mode)."""
     def one(n, k, s, p, d):
         return (n + 2 * p - d * (k - 1) - 1) // s + 1
-    pair = lambda v: v if isinstance(v, tuple) else (v, v)  # noqa: E731
-    k, s, p, d = (pair(getattr(m, a)) for a in ("kernel_size", "stride", "padding", "dilation"))
+    k, s, p, d = (pair(a, getattr(m, a)) for a in ("kernel_size", "stride", "padding", "dilation"))
     return one(hw[0], k[0], s[0], p[0], d[0]), one(hw[1], k[1], s[1], p[1], d[1])
 
 
