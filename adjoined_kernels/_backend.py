@@ -1,4 +1,4 @@
-"""Backend discovery and dispatch (DESIGN §2).
+"""Backend discovery and dispatch (docs/kernels.md, "Backends").
 
 Backends: "reference" (PyTorch ops, any device), "triton" (CUDA tensors, or CPU tensors when
 TRITON_INTERPRET=1 was set before import), "cuda" (the compiled extension adjoined_kernels._C).
@@ -10,6 +10,8 @@ import importlib
 import os
 
 import torch
+
+from . import _autotune
 
 BACKENDS = ("auto", "reference", "triton", "cuda")
 
@@ -57,11 +59,19 @@ def available_backends() -> list[str]:
     return out
 
 
+def tunable(device: torch.device) -> bool:
+    """Whether ``backend="auto"`` times the backends for tensors on ``device`` (CUDA, unless ADJOINED_AUTOTUNE=0)
+    instead of taking the fixed order of :func:`resolve_backend`."""
+    return device.type == "cuda" and _autotune.enabled()
+
+
 @torch.compiler.assume_constant_result
 def resolve_backend(backend: str, device: torch.device, supported: tuple[str, ...]) -> str:
     """Pick the concrete backend for tensors on ``device``.
 
-    ``supported`` lists the non-reference backends the calling op implements.
+    ``supported`` lists the non-reference backends the calling op implements. "auto" here is the fixed order
+    (cuda, triton, reference) on CUDA tensors, "reference" elsewhere; the ops time the backends instead when
+    :func:`tunable` says so.
     Raises ValueError for an unknown name and RuntimeError for an unavailable backend. torch.compile takes
     the result as a constant: the import probes behind it cannot be traced.
     """

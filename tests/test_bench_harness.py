@@ -111,7 +111,7 @@ def test_plan_runs_the_targets_first_and_compile_max_last():
 
 
 def test_triton_nocache_times_with_the_relaunch_cache_off(monkeypatch):
-    from adjoined_kernels.ops import _launch
+    from adjoined_kernels.ops.conv.triton import launch as _launch
     monkeypatch.setattr(_launch, "FAST", True)
     seen = []
     p = bench_conv.Provider(lambda: seen.append(_launch.FAST) or (torch.ones(1),), (), (), bench_conv._same,
@@ -125,7 +125,7 @@ def test_triton_nocache_times_with_the_relaunch_cache_off(monkeypatch):
 
 def test_triton_configs_names_the_passes_of_the_mode(monkeypatch):
     import triton
-    from adjoined_kernels.ops import conv_dgrad, conv_fprop, conv_wgrad
+    from adjoined_kernels.ops.conv.triton import dgrad as conv_dgrad, fprop as conv_fprop, wgrad as conv_wgrad
     cfg = triton.Config(dict(BM=128, BN=64, BK=32, GROUP_M=8), num_warps=4, num_stages=3)
     monkeypatch.setattr(conv_fprop._fprop_launcher, "last_config", cfg)
     monkeypatch.setattr(conv_dgrad._dgrad_launcher, "last_config", None)  # not autotuned

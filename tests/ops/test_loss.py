@@ -1,5 +1,5 @@
-"""Adjoined loss (DESIGN §1, seeds/000 Def. 1, Eq. 3): the reference against independent float64 maths, and
-the fused Triton kernel (backend="triton") against the float64 reference.
+"""Adjoined loss (docs/maths.md, section 3; "Adjoined Networks", Def. 1, Eq. 3): the reference against
+independent float64 maths, and every fused backend (triton; cuda on a GPU) against the float64 reference.
 
 On CPU the kernels run in the Triton interpreter, so shapes stay tiny; tests at realistic sizes need a GPU.
 """
@@ -10,9 +10,13 @@ import torch
 import torch.nn.functional as F
 
 import adjoined_kernels as ak
-from adjoined_kernels.ops import adjoined_loss as loss_mod
-from adjoined_kernels.ops.adjoined_loss import (adjoined_loss, adjoined_loss_fwd, adjoined_loss_fwd_inplace,
-                                                adjoined_loss_ref, adjoined_loss_triton)
+from adjoined_kernels.ops.loss import adjoined_loss, adjoined_loss_ref, lam_tensor
+
+pytest.importorskip("triton", reason="triton is not installed")
+from adjoined_kernels.ops.loss import triton as loss_mod  # noqa: E402
+
+adjoined_loss_triton = loss_mod.adjoined_loss_triton
+adjoined_loss_fwd_inplace = loss_mod.adjoined_loss_fwd_inplace
 
 # eps == 0 computes log p - log q on padding lanes (-inf - -inf); the result is masked, numpy still warns.
 pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
@@ -67,12 +71,22 @@ def _check(got, ref64, lowp_ref, dtype):
             assert _err(k, r) <= bound, (name, _err(k, r), _err(t, r), top)
 
 
-def _compare(lf, ls, t, lam, go, **kw):
-    """Triton vs the float64 reference (and, in low precision, the torch reference on the same inputs)."""
+def _fused(backend):
+    """The loss on ``backend``, skipping the test where that backend cannot run."""
+    if backend == "triton":
+        return adjoined_loss_triton
+    if backend not in ak.available_backends() or not torch.cuda.is_available():
+        pytest.skip(f"backend={backend!r} needs a CUDA GPU and its build")
+    return lambda *a, **kw: adjoined_loss(*a, **kw, backend=backend)
+
+
+def _compare(lf, ls, t, lam, go, backend="triton", **kw):
+    """A fused backend vs the float64 reference (and, in low precision, the torch reference on the same inputs).
+    The Triton knobs (max_block, count_inline_max, inplace) apply to triton only."""
     knobs = {k: kw.pop(k) for k in ("max_block", "count_inline_max", "inplace") if k in kw}
     ref64 = _run(adjoined_loss_ref, lf.double(), ls.double(), t, _f64(lam), go.double(), **kw)
     lowp = _run(adjoined_loss_ref, lf, ls, t, lam, go, **kw)
-    got = _run(adjoined_loss_triton, lf, ls, t, lam, go, **kw, **knobs)
+    got = _run(_fused(backend), lf, ls, t, lam, go, **kw, **(knobs if backend == "triton" else {}))
     assert got[0].dtype == lf.dtype and got[1].dtype == lf.dtype and got[2].dtype == lf.dtype
     assert got[0].shape == ref64[0].shape
     _check(got, ref64, lowp, lf.dtype)
@@ -80,7 +94,7 @@ def _compare(lf, ls, t, lam, go, **kw):
 
 # ------------------------------------------------------------------- reference vs independent float64 maths
 def _explicit_grads(lf, ls, t, lam, eps, T, reduction, ignore_index, detach_full, go):
-    """DESIGN §1 gradient formulas, written out in float64."""
+    """The gradient formulas of docs/maths.md (section 3, "Gradient"), written out in float64."""
     B, C = lf.shape
     valid = (t != ignore_index).double()
     onehot = F.one_hot(t.clamp(0, C - 1), C).double() * valid[:, None]
@@ -150,11 +164,14 @@ def test_reference_all_ignored_mean_has_no_ce():
 @pytest.mark.parametrize("T", [1.0, 4.0])
 @pytest.mark.parametrize("eps", [0.0, 1e-6])
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
-def test_triton_matches_reference(device, reduction, eps, T, path, dtype):
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_fused_matches_reference(device, backend, reduction, eps, T, path, dtype):
+    if backend == "cuda" and path == "chunked":
+        pytest.skip("the chunked path is the Triton kernel's; the CUDA kernel's paths are tested by row length")
     lf, ls, t = _inputs(4, 37, dtype, device, seed=7, ignored=(1,))
     go = _grad_out(reduction, 4, dtype, device)
     max_block = 16 if path == "chunked" else 8192  # C=37: three chunks of 16, the last one partial
-    _compare(lf, ls, t, 0.7, go, eps=eps, temperature=T, reduction=reduction, max_block=max_block)
+    _compare(lf, ls, t, 0.7, go, backend, eps=eps, temperature=T, reduction=reduction, max_block=max_block)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -262,11 +279,13 @@ def test_triton_without_grad_skips_the_gradients(device, eps, path):
         loss = adjoined_loss_triton(lf, ls, t, 0.6, eps=eps, temperature=2.0, max_block=max_block)
     ref = adjoined_loss_ref(lf.double(), ls.double(), t, 0.6, eps=eps, temperature=2.0)
     assert _err(loss, ref) <= 2 * _err(adjoined_loss_ref(lf, ls, t, 0.6, eps=eps, temperature=2.0), ref) + 1e-2
-    out = adjoined_loss_fwd(lf, ls, t, None, 0.6, eps, 2.0, "mean", IGNORE, False, False, max_block)
+    lam = lam_tensor(0.6, lf)
+    with loss_mod.knobs(max_block):
+        out = loss_mod.OP(lf, ls, t, lam, eps, 2.0, 2, IGNORE, False, False)
     assert out[0].item() == loss.item() and out[1].shape == (0,) and out[2].shape == (0,)
     a = lf.clone().requires_grad_()
     with pytest.raises(RuntimeError, match="compute_grad=False"):
-        adjoined_loss_fwd(a, ls, t, None, 0.6, eps, 2.0, "mean", IGNORE, False, False)[0].backward()
+        loss_mod.OP(a, ls, t, lam, eps, 2.0, 2, IGNORE, False, False)[0].backward()
 
 
 def test_triton_single_class_and_single_row(device):
@@ -367,20 +386,22 @@ def test_bad_inputs_raise(device, backend):
 
 def test_opcheck_functional_op(device):
     lf, ls, t = _inputs(3, 11, torch.float32, device)
-    lam_t = torch.tensor(0.5, device=device)
-    cases = ((lam_t, 1e-6, "mean", True, 8192), (None, 0.0, "none", True, 4), (None, 1e-6, "sum", True, 4),
-             (lam_t, 1e-6, "none", False, 8192))
-    for lam_tensor, eps, reduction, grad, max_block in cases:
-        args = (lf.clone().requires_grad_(grad), ls.clone().requires_grad_(grad), t, lam_tensor, 0.5, eps, 2.0,
-                reduction, IGNORE, False, grad, max_block)
-        torch.library.opcheck(adjoined_loss_fwd, args)
+    lam = torch.tensor(0.5, device=device)
+    cases = ((1e-6, 2, True, 8192), (0.0, 0, True, 4), (1e-6, 1, True, 4), (1e-6, 0, False, 8192))
+    for eps, reduction, grad, max_block in cases:
+        args = (lf.clone().requires_grad_(grad), ls.clone().requires_grad_(grad), t, lam, eps, 2.0, reduction,
+                IGNORE, False, grad)
+        with loss_mod.knobs(max_block):
+            torch.library.opcheck(loss_mod.OP.default, args)
 
 
 def test_opcheck_inplace_op(device):
     lf, ls, t = _inputs(3, 11, torch.float32, device)
-    for reduction, max_block in (("mean", 8192), ("none", 4)):
-        args = (lf.clone(), ls.clone(), t, None, 0.5, 1e-6, 1.0, reduction, IGNORE, True, True, max_block)
-        torch.library.opcheck(adjoined_loss_fwd_inplace, args)
+    for reduction, max_block in ((2, 8192), (0, 4)):
+        args = (lf.clone(), ls.clone(), t, torch.tensor(0.5, device=device), 1e-6, 1.0, reduction, IGNORE, True,
+                True)
+        with loss_mod.knobs(max_block):
+            torch.library.opcheck(adjoined_loss_fwd_inplace, args)
 
 
 @pytest.mark.parametrize("backend", ["reference", "triton"])

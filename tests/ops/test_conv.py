@@ -13,14 +13,12 @@ import pytest
 import torch
 
 import adjoined_kernels as ak
-from adjoined_kernels.ops.adjoined_conv2d import adjoined_conv2d_ref
+from adjoined_kernels.ops.conv import adjoined_conv2d_ref, fused_conv2d
+from adjoined_kernels.ops.conv import reference as R
+from adjoined_kernels.ops.conv.contract import AdjoinedConv
 
 pytest.importorskip("triton", reason="triton is not installed")
-from adjoined_kernels.ops.conv_dgrad import conv2d_dgrad, conv2d_dgrad_ref  # noqa: E402
-from adjoined_kernels.ops.conv_fprop import (adjoined_conv2d_triton, conv2d_fprop,  # noqa: E402
-                                             conv2d_fprop_ref)
-from adjoined_kernels.ops import conv_wgrad as cw  # noqa: E402
-from adjoined_kernels.ops.conv_wgrad import conv2d_wgrad, conv2d_wgrad_ref  # noqa: E402
+from adjoined_kernels.ops.conv.triton import IMPL as T, OPS, dgrad as cd, fprop as cf, wgrad as cw  # noqa: E402
 
 pytestmark = pytest.mark.skipif("triton" not in ak.available_backends(),
                                 reason="backend='triton' needs a CUDA GPU or TRITON_INTERPRET=1")
@@ -130,7 +128,7 @@ def run_conv(case: dict, leaves: dict, grads, fn):
 
 def _triton_fn(share=True):
     def fn(*args):
-        return adjoined_conv2d_triton(*args, share_weights=share)
+        return fused_conv2d("triton", *args, share_weights=share)
     return fn
 
 
@@ -150,7 +148,7 @@ def no_tf32():
 
 
 def assert_close_to_ref(what, got, ref64, base, dtype):
-    """|got - ref| <= 2 |base - ref| + FLOOR * max|ref| (flash-attention's rule, DESIGN §3)."""
+    """|got - ref| <= 2 |base - ref| + FLOOR * max|ref| (flash-attention's rule, docs/benchmarks.md)."""
     mag = ref64.abs().max().item()
     assert mag > 0, f"{what}: the reference is all zeros, the test would prove nothing"
     assert got.shape == ref64.shape, f"{what}: shape {tuple(got.shape)} != {tuple(ref64.shape)}"
@@ -163,7 +161,7 @@ def assert_close_to_ref(what, got, ref64, base, dtype):
 def check_case(case: dict, dtype, device, seed: int, share=True):
     inputs = make_inputs(case, device, seed)
     ref_z, ref_g = run_conv(case, _leaves(inputs, torch.float64, case), inputs["grads"], _ref_fn)
-    # Baseline: torch in the same low precision where the device supports it, else fp32 (DESIGN §3).
+    # Baseline: torch in the same low precision where the device supports it, else fp32.
     base_dtype = dtype if device == "cuda" else torch.float32
     with no_tf32():
         base_z, base_g = run_conv(case, _leaves(inputs, base_dtype, case), inputs["grads"], _ref_fn)
@@ -257,7 +255,7 @@ def _op_args(device, dtype=torch.float32, requires_grad=False, bias=True, scale=
 def test_fprop_op_matches_ref(device):
     xf, xs, w, b, sc = _op_args(device)
     args = (xf, xs, w, b, sc, [2, 1], [1, 0], [1, 2], 4, True, True)
-    for got, ref in zip(conv2d_fprop(*args), conv2d_fprop_ref(*args)):
+    for got, ref in zip(OPS.fprop(*args), R.fprop(*args)):
         torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
         assert got.is_contiguous(memory_format=CL)
 
@@ -265,14 +263,16 @@ def test_fprop_op_matches_ref(device):
 @no_tf32()  # fp32 at 1e-4: TF32 (cuDNN's default, which the kernels follow) is ~1e-3
 def test_dgrad_wgrad_ops_match_ref(device):
     xf, xs, w, b, sc = _op_args(device)
-    zf, zs, _ = conv2d_fprop_ref(xf, xs, w, b, sc, [2, 1], [1, 0], [1, 2], 4)
+    zf, zs, us = R.fprop(xf, xs, w, b, sc, [2, 1], [1, 0], [1, 2], 4, True)
     dzf, dzs = torch.randn_like(zf), torch.randn_like(zs)
-    d_args = (dzf, dzs, w, sc, [5, 5, 4, 6], 3, [2, 1], [1, 0], [1, 2], True)
-    for got, ref in zip(conv2d_dgrad(*d_args), conv2d_dgrad_ref(*d_args)):
+    d_args = (dzf, dzs, w, sc, [5, 5], [4, 6], 3, [2, 1], [1, 0], [1, 2], True)
+    for got, ref in zip(OPS.dgrad(*d_args), R.dgrad(*d_args)):
         torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
-    w_args = (xf, xs, dzf, dzs, sc, [3, 3], [2, 1], [1, 0], [1, 2], True)
-    for got, ref in zip(conv2d_wgrad(*w_args), conv2d_wgrad_ref(*w_args)):
+        assert got.is_contiguous(memory_format=CL)
+    w_args = (xf, xs, dzf, dzs, sc, us, [3, 3], [2, 1], [1, 0], [1, 2], True, True)
+    for got, ref in zip(OPS.wgrad(*w_args), R.wgrad(*w_args)):
         torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+        assert got.dim() == 1 or got.is_contiguous(memory_format=CL)
 
 
 @pytest.mark.parametrize("offsets", ["i32", "i64"])
@@ -293,9 +293,9 @@ def test_wgrad_split_k_row_carries(n, c, c_s, hw, offsets, device, monkeypatch):
     xf, xs = r(n, c, *hw), r(n + 1, c_s, hw[0] - 2, hw[1] + 1)
     dzf, dzs = r(n, 6, *hw), r(n + 1, 3, hw[0] - 2, hw[1] + 1)
     sc = r(3) + 2.0
-    args = (xf, xs, dzf, dzs, sc, [3, 3], [1, 1], [1, 1], [1, 1], True)
+    args = (xf, xs, dzf, dzs, sc, None, [3, 3], [1, 1], [1, 1], [1, 1], True, True)
     with no_tf32():
-        for got, ref in zip(conv2d_wgrad(*args), conv2d_wgrad_ref(*args)):
+        for got, ref in zip(OPS.wgrad(*args), R.wgrad(*args)):
             torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-3)
     cw._wgrad_plan.cache_clear()
 
@@ -319,31 +319,33 @@ def test_wgrad_offsets_widen_for_large_tensors():
 def test_opcheck_fprop(bias, scale, device):
     xf, xs, w, b, sc = _op_args(device, requires_grad=True, bias=bias, scale=scale, k=1)
     args = (xf, xs, w, b, sc, [1, 2], [1, 0], [1, 1], 4, scale, True)
-    torch.library.opcheck(torch.ops.adjoined.conv2d_fprop.default, args)
+    torch.library.opcheck(torch.ops.adjoined.triton_conv2d_fprop.default, args)
 
 
 def test_opcheck_dgrad_wgrad(device):
     xf, xs, w, b, sc = _op_args(device, k=1)
-    zf, zs, _ = conv2d_fprop_ref(xf, xs, w, b, sc, [1, 2], [1, 0], [1, 1], 4)
+    zf, zs, us = R.fprop(xf, xs, w, b, sc, [1, 2], [1, 0], [1, 1], 4, True)
     dzf, dzs = torch.randn_like(zf), torch.randn_like(zs)
-    torch.library.opcheck(torch.ops.adjoined.conv2d_dgrad.default,
-                          (dzf, dzs, w, sc, [5, 5, 4, 6], 3, [1, 2], [1, 0], [1, 1], False))
-    torch.library.opcheck(torch.ops.adjoined.conv2d_wgrad.default,
-                          (xf, xs, dzf, dzs, None, [1, 1], [1, 2], [1, 0], [1, 1], True))
+    torch.library.opcheck(torch.ops.adjoined.triton_conv2d_dgrad.default,
+                          (dzf, dzs, w, sc, [5, 5], [4, 6], 3, [1, 2], [1, 0], [1, 1], False))
+    torch.library.opcheck(torch.ops.adjoined.triton_conv2d_wgrad.default,
+                          (xf, xs, dzf, dzs, None, None, [1, 1], [1, 2], [1, 0], [1, 1], True, True))
+    torch.library.opcheck(torch.ops.adjoined.triton_conv2d_wgrad.default,
+                          (xf, xs, dzf, dzs, sc, us, [1, 1], [1, 2], [1, 0], [1, 1], False, False))
 
 
 def test_wgrad_rejects_mismatched_geometry(device):
     xf, xs, w, b, sc = _op_args(device)
-    zf, zs, _ = conv2d_fprop_ref(xf, xs, w, b, sc, [1, 1], [1, 1], [1, 1], 4)
+    zf, zs, _ = R.fprop(xf, xs, w, b, sc, [1, 1], [1, 1], [1, 1], 4)
     with pytest.raises(ValueError, match="dz_full has spatial size"):
-        conv2d_wgrad(xf, xs, zf, zs, None, [3, 3], [2, 2], [1, 1], [1, 1], False)
+        T.wgrad(xf, xs, zf, zs, None, None, [3, 3], [2, 2], [1, 1], [1, 1], True, False)
     with pytest.raises(ValueError, match="dz_small has spatial size"):
-        conv2d_wgrad(xf, xs, zf, zs[:, :, 1:], None, [3, 3], [1, 1], [1, 1], [1, 1], False)
+        T.wgrad(xf, xs, zf, zs[:, :, 1:], None, None, [3, 3], [1, 1], [1, 1], [1, 1], True, False)
 
 
 def test_scale_grad_needs_saved_pre_scale_output(device):
     xf, xs, w, b, sc = _op_args(device, requires_grad=True)
-    zf, zs, _ = conv2d_fprop(xf, xs, w, b, sc, [1, 1], [1, 1], [1, 1], 4, False, True)
+    zf, zs, _ = OPS.fprop(xf, xs, w, b, sc, [1, 1], [1, 1], [1, 1], 4, False, True)
     with pytest.raises(RuntimeError, match="save_pre=True"):
         torch.autograd.grad(zs.sum(), sc)
 
@@ -352,8 +354,8 @@ def test_autotune_prune_keeps_configs_that_fit():
     """GPU config pruning (the interpreter has one config): shared memory, narrow and tiny problems."""
     import triton
 
-    from adjoined_kernels.ops._conv_common import (GEMM_SPACE, SHARED_SPILLS, SMEM_BUDGET, gemm_prune,
-                                                    shared_a_tiles)
+    from adjoined_kernels.ops.conv.triton.gemm import (GEMM_SPACE, SHARED_SPILLS, SMEM_BUDGET, gemm_prune,
+                                                        shared_a_tiles)
 
     space = [triton.Config(dict(BM=m, BN=n, BK=k, GROUP_M=8), num_warps=w, num_stages=s)
              for m, n, k, w, s in GEMM_SPACE]
@@ -402,28 +404,25 @@ def test_sm90_sass_wgmma_not_serialised(sm90_tool):
 
 @no_tf32()  # fp32 at 1e-4: TF32 (cuDNN's default, which the kernels follow) is ~1e-3
 def test_public_api_runs_the_triton_kernels(device, monkeypatch):
-    from adjoined_kernels.ops import conv_dgrad as cd, conv_fprop as cf, conv_wgrad as cw
     calls = []
-    for mod, name in ((cf, "_fprop_launch"), (cd, "_dgrad_launch"), (cw, "_wgrad_launch")):
-        launch = getattr(mod, name)
-        monkeypatch.setattr(mod, name, lambda *a, _f=launch, _n=name, **k: calls.append(_n) or _f(*a, **k))
+    for launcher, name in ((cf._fprop_launcher, "fprop"), (cd._dgrad_launcher, "dgrad"), (cw._wgrad_launcher, "wgrad")):
+        monkeypatch.setattr(launcher, "bind", lambda *a, _f=launcher.bind, _n=name: calls.append(_n) or _f(*a))
     xf, xs, w, b, sc = _op_args(device, requires_grad=True)
     zf, zs = ak.adjoined_conv2d(xf, xs, w, b, padding=1, small_out_channels=4, small_scale=sc, backend="triton")
     (zf.sum() + zs.sum()).backward()
-    assert calls == ["_fprop_launch", "_dgrad_launch", "_wgrad_launch"]
+    assert calls == ["fprop", "dgrad", "wgrad"]
     ref = ak.adjoined_conv2d(xf, xs, w, b, padding=1, small_out_channels=4, small_scale=sc, backend="reference")
     torch.testing.assert_close(zf, ref[0], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(zs, ref[1], rtol=1e-4, atol=1e-4)
 
 
 def test_eager_path_equals_the_registered_ops(device):
-    """Eager calls skip the custom-op dispatch (_EagerConv); results and every gradient must be identical
+    """Eager calls skip the custom-op dispatch (AdjoinedConv); results and every gradient must be identical
     to the ops' own autograd, which torch.compile traces."""
-    from adjoined_kernels.ops.conv_fprop import _EagerConv
     args = _op_args(device, requires_grad=True)
     rest = ([1, 1], [1, 1], [1, 1], 4, True, True)
     runs = []
-    for fprop in (conv2d_fprop, _EagerConv.apply):
+    for fprop in (OPS.fprop, lambda *a: AdjoinedConv.apply(T, *a)):
         zf, zs, _ = fprop(*args, *rest)
         g = torch.Generator().manual_seed(1)
         dz = [torch.randn(z.shape, generator=g).to(device) for z in (zf, zs)]
@@ -454,7 +453,7 @@ def test_torch_compile_fullgraph(device):
     xf, xs, w, b, sc = _op_args(device, requires_grad=True)
 
     def f(xf, xs, w, b, sc):
-        zf, zs = adjoined_conv2d_triton(xf, xs, w, b, (1, 1), (1, 1), (1, 1), 4, sc)
+        zf, zs = fused_conv2d("triton", xf, xs, w, b, (1, 1), (1, 1), (1, 1), 4, sc)
         return (zf * zf).sum() + (zs * zs).sum()
 
     compiled = torch.compile(f, fullgraph=True, backend="aot_eager" if device == "cpu" else "inductor")
