@@ -65,6 +65,19 @@ def tunable(device: torch.device) -> bool:
     return device.type == "cuda" and _autotune.enabled()
 
 
+def tuned(op: str, key: tuple, supported: tuple[str, ...], load, step) -> str:
+    """The fastest available backend, reference included, for ``op`` on inputs described by ``key``: timed on
+    first use, then a dict lookup (docs/kernels.md, "auto"). ``load(name)`` imports a backend; ``step(name)``
+    returns a zero-argument call running the op (and its backward when training) on that backend."""
+    hit = _autotune.lookup(op, key)
+    if hit is None:
+        names = [n for n in ("reference", *supported) if n in available_backends()]
+        for name in names[1:]:
+            load(name)
+        hit = _autotune.choose(op, key, {name: step(name) for name in names}, timer=_autotune.timer)
+    return hit
+
+
 @torch.compiler.assume_constant_result
 def resolve_backend(backend: str, device: torch.device, supported: tuple[str, ...]) -> str:
     """Pick the concrete backend for tensors on ``device``.

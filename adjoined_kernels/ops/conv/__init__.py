@@ -13,8 +13,7 @@ import importlib
 
 import torch
 
-from ... import _autotune
-from ..._backend import available_backends, resolve_backend, tunable
+from ..._backend import resolve_backend, tunable, tuned
 from ..._checks import check_same, check_tensor, pair
 from ._layout import restore_format
 from .contract import AdjoinedConv
@@ -135,19 +134,6 @@ def _step(name, tensors, conv):
     return step
 
 
-def _tuned(tensors, conv) -> str:
-    """The fastest available backend for this layer, timed on first use (docs/kernels.md, "auto")."""
-    key = _tune_key(tensors, conv)
-    hit = _autotune.lookup("adjoined_conv2d", key)
-    if hit is None:
-        names = [n for n in ("reference", *SUPPORTED) if n in available_backends()]
-        for n in names[1:]:
-            _load(n)
-        hit = _autotune.choose("adjoined_conv2d", key, {n: _step(n, tensors, conv) for n in names},
-                               timer=_autotune.timer)
-    return hit
-
-
 def adjoined_conv2d(x_full, x_small, weight, bias=None, stride=1, padding=0, dilation=1,
                     small_out_channels=None, small_scale=None, backend="auto"):
     """Full-width and channel-prefix convolution over one shared weight ("Adjoined Networks", Eq. 1-2).
@@ -179,7 +165,8 @@ def adjoined_conv2d(x_full, x_small, weight, bias=None, stride=1, padding=0, dil
     x_full, x_small, weight, bias, small_scale = _autocast(x_full, x_small, weight, bias, small_scale)
     conv = _validate(x_full, x_small, weight, bias, stride, padding, dilation, small_out_channels, small_scale)
     if backend == "auto" and not torch.compiler.is_compiling() and tunable(x_full.device):
-        be = _tuned((x_full, x_small, weight, bias, small_scale), conv)
+        tensors = (x_full, x_small, weight, bias, small_scale)
+        be = tuned("adjoined_conv2d", _tune_key(tensors, conv), SUPPORTED, _load, lambda n: _step(n, tensors, conv))
     else:
         be = _resolve(backend, x_full.device)
     if be == "reference":

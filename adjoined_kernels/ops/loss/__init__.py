@@ -12,8 +12,7 @@ import numbers
 import torch
 import torch.nn.functional as F
 
-from ... import _autotune
-from ..._backend import available_backends, resolve_backend, tunable
+from ..._backend import resolve_backend, tunable, tuned
 from ..._checks import check_same, check_tensor
 from .schema import RED_CODE, REDUCTIONS
 
@@ -130,18 +129,12 @@ def _step(name, args):
     return step
 
 
-def _tuned(args) -> str:
-    """The fastest available backend for this loss geometry, timed on first use (docs/kernels.md, "auto")."""
+def _tune_key(args) -> tuple:
+    """What changes the loss's timing: the logits' shapes, strides, dtype and grad, the target's dtype, the
+    other arguments, grad mode and the device."""
     lf, ls, target, lam = args[:4]
-    key = (tuple((tuple(t.shape), t.stride(), str(t.dtype), t.requires_grad) for t in (lf, ls)), str(target.dtype),
-           isinstance(lam, torch.Tensor), *args[4:], torch.is_grad_enabled(), lf.device.index)
-    hit = _autotune.lookup("adjoined_loss", key)
-    if hit is None:
-        names = [n for n in ("reference", *SUPPORTED) if n in available_backends()]
-        for n in names[1:]:
-            _load(n)
-        hit = _autotune.choose("adjoined_loss", key, {n: _step(n, args) for n in names}, timer=_autotune.timer)
-    return hit
+    return (tuple((tuple(t.shape), t.stride(), str(t.dtype), t.requires_grad) for t in (lf, ls)), str(target.dtype),
+            isinstance(lam, torch.Tensor), *args[4:], torch.is_grad_enabled(), lf.device.index)
 
 
 def adjoined_loss(logits_full, logits_small, target, lam, eps=1e-6, temperature=1.0, reduction="mean",
@@ -173,8 +166,9 @@ def adjoined_loss(logits_full, logits_small, target, lam, eps=1e-6, temperature=
     """
     validate(logits_full, logits_small, target, lam, eps, temperature, reduction)
     if backend == "auto" and not torch.compiler.is_compiling() and tunable(logits_full.device):
-        be = _tuned((logits_full, logits_small, target, lam, float(eps), float(temperature), reduction,
-                     int(ignore_index), bool(detach_full)))
+        args = (logits_full, logits_small, target, lam, float(eps), float(temperature), reduction, int(ignore_index),
+                bool(detach_full))
+        be = tuned("adjoined_loss", _tune_key(args), SUPPORTED, _load, lambda n: _step(n, args))
     else:
         be = _resolve(backend, logits_full.device)
     if be == "reference":
