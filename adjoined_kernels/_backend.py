@@ -70,6 +70,9 @@ def tuned(op: str, key: tuple, supported: tuple[str, ...], load, step) -> str:
     first use, then a dict lookup (docs/kernels.md, "auto"). ``load(name)`` imports a backend; ``step(name)``
     returns a zero-argument call running the op (and its backward when training) on that backend."""
     hit = _autotune.lookup(op, key)
+    if hit is None and torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+        # timing synchronises, which a CUDA-graph capture forbids: an untimed geometry takes the fixed order
+        return resolve_backend("auto", torch.device("cuda"), supported)
     if hit is None:
         names = [n for n in ("reference", *supported) if n in available_backends()]
         for name in names[1:]:

@@ -138,3 +138,19 @@ def test_loss_auto_takes_the_fastest_backend(tuning, fastest):
     ak.adjoined_loss(lf, ls, t, 0.5, temperature=1.0)  # another temperature: another key
     assert len(tuning.timed) == 4
     torch.testing.assert_close(out, ak.adjoined_loss_ref(lf, ls, t, 0.5, temperature=2.0), rtol=1e-5, atol=1e-5)
+
+
+def test_an_untimed_geometry_during_cuda_graph_capture_takes_the_fixed_order(tuning, monkeypatch):
+    """Timing synchronises, which capture forbids: a geometry first seen while a CUDA graph is being captured
+    takes the fixed order (here triton: cuda is out) without timing; a timed one keeps its choice."""
+    tuning.ms = {"reference": 1.0, "triton": 2.0}
+    (xf, xs, w), kw = _conv_args()
+    ak.adjoined_conv2d(xf, xs, w, **kw)  # timed before the capture: reference
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+    launches = _launches(monkeypatch)
+    ak.adjoined_conv2d(xf, xs, w, **kw)
+    assert launches == [] and len(tuning.timed) == 2
+    (xf2, xs2, w2), kw2 = _conv_args(c_out_s=2)
+    ak.adjoined_conv2d(xf2, xs2, w2, **kw2)
+    assert launches == [1] and len(tuning.timed) == 2

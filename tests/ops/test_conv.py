@@ -576,7 +576,7 @@ def _package_frames():
             if os.path.abspath(f.filename).startswith(pkg + os.sep)]
 
 
-def test_module_reaches_the_triton_kernel_through_four_frames(monkeypatch):
+def test_module_reaches_the_triton_kernel_through_four_frames(monkeypatch, device):
     """FusedAdjoinedConv2d.forward -> adjoined_conv2d -> AdjoinedConv.forward -> fprop, which launches the
     kernel itself: at most four of the package's frames between a module and its kernel."""
     from adjoined_kernels.ops.conv.triton import launch
@@ -588,13 +588,13 @@ def test_module_reaches_the_triton_kernel_through_four_frames(monkeypatch):
 
     monkeypatch.setattr(launch, "FAST", False)  # a fake kernel cannot be compiled: Triton's own path
     monkeypatch.setattr(cf._fprop_launcher, "kernel", Kernel())
-    m = ak.FusedAdjoinedConv2d(8, 8, 3, padding=1, alpha=2, backend="triton")
-    m(torch.randn(2, 8, 5, 5), torch.randn(2, 4, 5, 5))
+    m = ak.FusedAdjoinedConv2d(8, 8, 3, padding=1, alpha=2, backend="triton", device=device)
+    m(torch.randn(2, 8, 5, 5, device=device), torch.randn(2, 4, 5, 5, device=device))
     assert seen == [["ops/conv/triton/fprop.py:fprop", "ops/conv/contract.py:forward",
                      "ops/conv/__init__.py:adjoined_conv2d", "nn/conv.py:forward"]]
 
 
-def test_module_reaches_the_cuda_kernel_through_four_frames(monkeypatch):
+def test_module_reaches_the_cuda_kernel_through_four_frames(monkeypatch, device):
     """The same budget on the CUDA backend: forward -> adjoined_conv2d -> AdjoinedConv.forward -> cuda.fprop,
     which calls the C++ op (here a recorder; the device check is bypassed for CPU tensors)."""
     if "cuda" not in ak.available_backends():
@@ -610,8 +610,8 @@ def test_module_reaches_the_cuda_kernel_through_four_frames(monkeypatch):
     monkeypatch.setattr(cuda, "OPS", cuda.OPS._replace(fprop=op))
     conv._load("cuda")
     monkeypatch.setattr(conv, "_resolve", lambda backend, device: "cuda")
-    m = ak.FusedAdjoinedConv2d(8, 8, 3, padding=1, alpha=2, backend="cuda")
-    m(torch.randn(2, 8, 5, 5), torch.randn(2, 4, 5, 5))
+    m = ak.FusedAdjoinedConv2d(8, 8, 3, padding=1, alpha=2, backend="cuda", device=device)
+    m(torch.randn(2, 8, 5, 5, device=device), torch.randn(2, 4, 5, 5, device=device))
     assert seen == [["ops/conv/cuda.py:fprop", "ops/conv/contract.py:forward", "ops/conv/__init__.py:adjoined_conv2d",
                      "nn/conv.py:forward"]]
 
