@@ -590,3 +590,39 @@ def test_requested_backend_that_is_unavailable_raises(backend, monkeypatch):
         adjoined_loss(lf, ls, t, 0.5, backend=backend)
     with pytest.raises(RuntimeError, match="unavailable"):
         ak.AdjoinedLoss(backend=backend)(lf, ls, t, 0.5)
+
+
+def _write_idx(path, arr):
+    """An IDX file (the Fashion-MNIST format the trainer reads), gzipped."""
+    import gzip
+    import struct
+    head = struct.pack(">HBB", 0, 0x08, arr.ndim) + b"".join(struct.pack(">I", n) for n in arr.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(head + arr.astype("uint8").tobytes())
+
+
+def test_trainer_passes_lambda_of_the_schedule_to_the_loss_at_every_step(tmp_path, monkeypatch):
+    """adjoined-train calls the adjoined loss once per training step with that step's lambda(t) =
+    lambda_schedule(step / total): a step body that planted a constant (lam = 0.0) or reused one step's value
+    fails here. The loss is spied at the name the trainer calls."""
+    import numpy as np
+
+    from adjoined_kernels.train import cli, loop
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 96), ("t10k", 32)):
+        _write_idx(tmp_path / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 255, (n, 12, 12)))
+        _write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte.gz", rng.integers(0, 10, (n,)))
+    seen, real = [], loop.adjoined_loss
+
+    def spy(lf, ls, y, lam, **kw):
+        if torch.is_grad_enabled() and lf.requires_grad:  # training steps only
+            seen.append(float(lam))
+        return real(lf, ls, y, lam, **kw)
+
+    monkeypatch.setattr(loop, "adjoined_loss", spy)
+    argv = ["--data-dir", str(tmp_path), "--out", str(tmp_path / "run"), "--epochs", "2", "--width", "8",
+            "--batch-size", "32", "--bench-runs", "1", "--no-progress", "--eval-batch-size", "64", "--threads", "1"]
+    assert cli.main(argv) == 0
+    total = len(seen)
+    assert total == 6, seen  # 2 epochs of 96 / 32 steps
+    assert seen == [ak.lambda_schedule(step / total, "quadratic", 1.0) for step in range(total)]
