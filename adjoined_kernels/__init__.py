@@ -13,8 +13,8 @@ from .dan import dan_loss, tau_at
 from .adjoin import AdjoinedModel, adjoin
 from .export import export_full, export_small
 from .nn import AdjoinedBatchNorm2d, AdjoinedLoss, FusedAdjoinedConv2d
-from .ops.adjoined_conv2d import adjoined_conv2d, adjoined_conv2d_ref
-from .ops.adjoined_loss import adjoined_loss, adjoined_loss_ref
+from .ops.conv import adjoined_conv2d, adjoined_conv2d_ref
+from .ops.loss import adjoined_loss, adjoined_loss_ref
 from .schedules import SCHEDULES, lambda_schedule
 
 __version__ = "0.1.0"
