@@ -5,5 +5,7 @@ from .loss import REDUCTIONS, SUPPORTED, adjoined_loss, adjoined_loss_ref  # noq
 
 
 def __getattr__(name):
+    if name.startswith("__"):  # import machinery probing (__path__, ...): not the Triton module's to answer
+        raise AttributeError(name)
     from .loss import triton
     return getattr(triton, name)
