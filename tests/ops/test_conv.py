@@ -677,3 +677,28 @@ def test_validation_cache_key_holds_every_field():
         kw = dict(padding=1, small_out_channels=4, small_scale=sc, backend="reference") | case["kw"]
         with pytest.raises((ValueError, TypeError)):
             ak.adjoined_conv2d(*case["args"], **kw)
+
+
+def test_package_works_without_triton():
+    """Only the modules that run Triton kernels import triton: without it the package imports, reports no
+    "triton" backend, runs the reference ops, and names the reason when triton is asked for."""
+    import subprocess
+    import sys
+    code = (
+        "import sys; sys.modules['triton'] = None\n"
+        "import torch, adjoined_kernels as ak\n"
+        "from adjoined_kernels.ops.conv import contract, reference, _layout\n"
+        "from adjoined_kernels.ops.loss import schema\n"
+        "assert 'triton' not in ak.available_backends(), ak.available_backends()\n"
+        "x, xs, w = torch.randn(1, 4, 5, 5), torch.randn(1, 2, 5, 5), torch.randn(4, 4, 3, 3)\n"
+        "zf, zs = ak.FusedAdjoinedConv2d(4, 4, 3, alpha=2)(x, xs)\n"
+        "ak.adjoined_loss(zf.mean((2, 3)), zf.mean((2, 3)), torch.tensor([1]), 0.5)\n"
+        "try:\n"
+        "    ak.adjoined_conv2d(x, xs, w, backend='triton')\n"
+        "except RuntimeError as e:\n"
+        "    assert 'triton is not installed' in str(e), e\n"
+        "else:\n"
+        "    raise AssertionError('backend=triton ran without triton')\n"
+        "print('ok')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-3000:]
