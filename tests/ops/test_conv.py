@@ -702,3 +702,30 @@ def test_package_works_without_triton():
         "print('ok')\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-3000:]
+
+
+@no_tf32()  # fp32 at 1e-4: TF32 (cuDNN's default, which the kernels follow) is ~1e-3
+def test_launch_plans_are_keyed_on_every_argument(device):
+    """The Triton launchers memoise a plan per geometry (docs/kernels.md, "Host overhead"): the same tensors
+    with another stride, padding, dilation, width, weight sharing or memory format must get their own plan,
+    so each pass still matches the reference after the first one was planned."""
+    xf, xs, w, b, sc = _op_args(device)
+    variants = [([1, 1], [1, 1], [1, 1], 4, True, xs), ([2, 1], [1, 1], [1, 1], 4, True, xs),
+                ([1, 1], [0, 1], [1, 1], 4, True, xs), ([1, 1], [1, 1], [1, 2], 4, True, xs),
+                ([1, 1], [1, 1], [1, 1], 2, True, xs), ([1, 1], [1, 1], [1, 1], 4, False, xs),
+                ([1, 1], [1, 1], [1, 1], 4, True, xs.contiguous(memory_format=CL)),
+                ([1, 1], [1, 1], [1, 1], 4, True, xs[:, :2])]
+    for stride, padding, dilation, c_out_s, share, x_small in variants:
+        scale = sc[:c_out_s]
+        args = (xf, x_small, w, b, scale, stride, padding, dilation, c_out_s, True, share)
+        zf, zs, us = T.fprop(*args)
+        for got, ref in zip((zf, zs, us), R.fprop(*args)):
+            torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+        dzf, dzs = torch.randn_like(zf), torch.randn_like(zs)
+        d_args = (dzf, dzs, w, scale, list(xf.shape[2:]), list(x_small.shape[2:]), x_small.shape[1], stride, padding,
+                  dilation, share)
+        for got, ref in zip(T.dgrad(*d_args), R.dgrad(*d_args)):
+            torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+        w_args = (xf, x_small, dzf, dzs, scale, us, list(w.shape[2:]), stride, padding, dilation, True, True)
+        for got, ref in zip(T.wgrad(*w_args), R.wgrad(*w_args)):
+            torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
