@@ -6,8 +6,9 @@
 # Phases, in the order `all` runs them:
 #   build          setup.py build_ext --inplace for this GPU's arch (the package is used in place, via PYTHONPATH)
 #   tests-cuda     pytest tests/test_cuda_ext.py            (ADJOINED_TRITON_AUTOTUNE=0: one Triton config)
-#   tests-triton   pytest on every other tests/test_*.py but the CMake build (CI runs that)  (same; with
-#                  pytest-xdist, PYTEST_WORKERS processes, default 8: the Triton compiles are the bottleneck)
+#   tests-triton   pytest on tests/ops (every backend, by op) and every other tests/test_*.py but the CMake build
+#                  (CI runs that)  (same; with pytest-xdist, PYTEST_WORKERS processes, default 8: the Triton
+#                  compiles are the bottleneck)
 #   sanitizer      compute-sanitizer memcheck + racecheck on csrc/tests/sanitizer_run.py --only fprop|dgrad|wgrad|loss
 #                  (sanitizer-memcheck / sanitizer-racecheck run one tool)
 #   bench-conv     bench/bench_conv.py  (priority-ordered, stops at its budget; e.g. `bench-conv -- --providers
@@ -130,7 +131,7 @@ for phase in "${phases[@]}"; do
     build) build ;;
     tests-cuda) pytest_phase tests-cuda 1 tests/test_cuda_ext.py ;;
     tests-triton) pytest_phase tests-triton "${PYTEST_WORKERS:-8}" \
-      $(ls tests/test_*.py | grep -v -e '/test_cuda_ext\.py$' -e '/test_cmake_build\.py$') ;;
+      tests/ops $(ls tests/test_*.py | grep -v -e '/test_cuda_ext\.py$' -e '/test_cmake_build\.py$') ;;
     sanitizer) sanitizer memcheck racecheck ;;
     sanitizer-memcheck) sanitizer memcheck ;;
     sanitizer-racecheck) sanitizer racecheck ;;
