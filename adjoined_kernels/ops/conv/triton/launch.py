@@ -27,6 +27,7 @@ from .gemm import INTERPRET
 # Read once at import, like the other knobs of the launch path (a module global: tools toggle it).
 FAST = os.environ.get("ADJOINED_TRITON_FAST_LAUNCH", "1") != "0" and not INTERPRET
 _BY_VALUE = (int,)  # not bool: True == 1 in a key, but Triton types them apart
+_UNSET = object()
 
 try:  # the raw current stream, as Triton's own CUDA driver gets it (no Stream object per launch)
     from torch._C import _cuda_getCurrentRawStream as _raw_stream
@@ -61,15 +62,15 @@ class Relauncher:
         self.kernel = kernel
         self.cache: dict = {}
         self.n_tensors = None
-        self._config = None
+        self._config = _UNSET
 
     @property
     def last_config(self):
         """The autotune config of the latest launch (None without autotuning): the autotuner's own record when
         every launch goes through Triton."""
-        if FAST or self._config is not None:
-            return self._config
-        return getattr(self.kernel, "best_config", None)
+        if self._config is _UNSET:
+            return None if FAST else getattr(self.kernel, "best_config", None)
+        return self._config
 
     @last_config.setter
     def last_config(self, config):
