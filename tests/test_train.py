@@ -152,6 +152,9 @@ def test_imagefolder_streams_with_the_reference_transforms(tmp_path):
     assert [b[0].shape for b in aug] == [(3, 3, 16, 16)] * 2
     assert not torch.equal(torch.cat([b[0] for b in aug]), x[torch.cat([torch.tensor([i for i, _ in b])
                                                                          for b in sampler])])
+    sampler.set_epoch(0)
+    two = [b for b in make_loader(ds.split("train", True), sampler, 2, False)]  # seeded per sample, any worker
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(aug, two))
     test = [b for b in make_loader(ds.split("test"), ShardBatches(4, 3), 0, False)]
     assert [b[1].tolist() for b in test] == [[0, 0, 1], [1]]
     (tmp_path / "val" / "dog" / "bad.jpg").write_bytes(b"garbage")

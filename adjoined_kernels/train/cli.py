@@ -231,7 +231,7 @@ def main(argv=None, search: bool = False) -> int:
     from . import distributed
     from .validate import check_args
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    msg = check_args(args, world_size)
+    msg = check_args(args, world_size) or _missing_extras()
     if msg:
         return fail(msg, parser.prog)
 
@@ -347,6 +347,16 @@ def _check_batch(ds, n, device):
 
     from .data import normalize
     return normalize(ds.take(torch.arange(min(n, ds.size("train"))))[0], ds.mean, ds.std).to(device)
+
+
+def _missing_extras() -> str | None:
+    """The trainer's own dependencies (the ``train`` extra) that are not installed, as an error message."""
+    import importlib.util
+    missing = [m for m in ("tqdm", "torchvision", "matplotlib") if importlib.util.find_spec(m) is None]
+    if missing:
+        return (f"the trainer needs {', '.join(missing)}: install the training extras with "
+                "`pip install 'adjoined-kernels[train]'`")
+    return None
 
 
 def search_main(argv=None) -> int:

@@ -83,22 +83,37 @@ def barrier(world: World) -> None:
         dist.barrier()
 
 
+class _SumOverProcesses(torch.autograd.Function):
+    """``all_reduce(SUM)`` with its adjoint: the gradient of a sum over processes is the sum of the
+    processes' gradients (what SyncBatchNorm's backward all-reduces)."""
+
+    @staticmethod
+    def forward(ctx, t):
+        t = t.clone()
+        dist.all_reduce(t)
+        return t
+
+    @staticmethod
+    def backward(ctx, g):
+        g = g.clone()
+        dist.all_reduce(g)
+        return g
+
+
 class CPUSyncBatchNorm(nn.BatchNorm2d):
     """BatchNorm2d with batch statistics over every process, for CPU tensors and gloo.
 
     ``torch.nn.SyncBatchNorm`` runs on GPUs only. This one all-reduces the per-channel count, sum and sum
-    of squares through ``torch.distributed.nn.functional.all_reduce``, whose backward sums the gradients of
-    those statistics over the processes, exactly as SyncBatchNorm's backward does.
+    of squares, and in the backward the gradients of those statistics, as SyncBatchNorm does.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
         c = x.shape[1]
         xf = x.float()
         count = torch.full((1,), x.numel() // c, dtype=torch.float32, device=x.device)
-        stats = all_reduce(torch.cat([count, xf.sum((0, 2, 3)), (xf * xf).sum((0, 2, 3))]))
+        stats = _SumOverProcesses.apply(torch.cat([count, xf.sum((0, 2, 3)), (xf * xf).sum((0, 2, 3))]))
         n, mean = stats[0], stats[1:1 + c] / stats[0]
         var = (stats[1 + c:] / n - mean * mean).clamp_min(0)
         with torch.no_grad():

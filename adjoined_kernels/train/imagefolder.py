@@ -45,8 +45,9 @@ def _transforms(size: int, train: bool):
 class FolderSplit(torch.utils.data.Dataset):
     """One split read per batch; ``__getitems__`` decodes, transforms and stacks ``uint8 [B, 3, S, S]``.
 
-    Sample ``(index, seed)`` is transformed with torch's global generator seeded ``seed`` inside
-    ``torch.random.fork_rng``, so its crop and flip depend on the seed alone, in any worker.
+    Sample ``(index, seed)`` is transformed with torch's global generator seeded ``seed`` (inside
+    ``torch.random.fork_rng`` in the training process), so its crop and flip depend on the seed alone, in any
+    worker.
     """
 
     def __init__(self, folder, transform, seeded: bool):
@@ -63,7 +64,10 @@ class FolderSplit(torch.utils.data.Dataset):
             raise DataError(f"imagefolder: cannot read image {path} ({type(e).__name__}: {e})") from None
         if not self.seeded:
             return self.transform(img)
-        with torch.random.fork_rng(devices=[]):
+        if torch.utils.data.get_worker_info() is not None:  # a worker's generator serves nothing else
+            torch.manual_seed(seed)
+            return self.transform(img)
+        with torch.random.fork_rng(devices=[]):  # in the training process: leave its generator as it was
             torch.manual_seed(seed)
             return self.transform(img)
 
