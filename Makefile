@@ -9,12 +9,14 @@ STAMP := $(VENV)/.setup-stamp
 
 setup: $(STAMP) data
 
-# Rebuilt when the build script or a CUDA source changes (the editable install compiles csrc/ into _C).
-$(STAMP): setup.py $(wildcard csrc/*.cu csrc/*.cuh csrc/*.cpp csrc/*.h)
+# Rebuilt when the metadata, the build script or a CUDA source changes (the editable install compiles csrc/
+# into _C). Dependencies and extras are in pyproject.toml; torch goes in first because the build imports it
+# (no build isolation). The extras: train (trainer, export checks, plots), test (pytest, hypothesis), bench.
+$(STAMP): pyproject.toml setup.py $(wildcard csrc/*.cu csrc/*.cuh csrc/*.cpp csrc/*.h)
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
-	$(PY) -m pip install -q torch torchvision==0.29.1 triton numpy tqdm matplotlib pyyaml onnx onnxruntime onnxscript pytest pytest-benchmark
-	$(PY) -m pip install -q --no-build-isolation -e .
+	$(PY) -m pip install -q torch torchvision==0.29.1
+	$(PY) -m pip install -q --no-build-isolation -e ".[train,test,bench]" torchvision==0.29.1
 	touch $(STAMP)
 
 data:

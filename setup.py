@@ -1,13 +1,17 @@
-"""Build adjoined_kernels, and its CUDA extension adjoined_kernels._C when torch has CUDA and nvcc exists.
+"""The CUDA extension adjoined_kernels._C, built when torch has CUDA and nvcc exists.
+
+The project's metadata, dependencies, extras and console scripts are in pyproject.toml; setuptools reads them
+from there. This file only adds the extension.
 
 Env vars: ADJOINED_SKIP_CUDA_BUILD=1 (never build _C), ADJOINED_CUDA_ARCHS (default "8.0;9.0"),
-MAX_JOBS, NVCC_THREADS. Install with `pip install --no-build-isolation -e .` (isolation pulls another torch).
+MAX_JOBS, NVCC_THREADS. Install with `pip install --no-build-isolation -e .[train,test]` (isolation pulls
+another torch).
 """
 import glob
 import os
 import shutil
 
-from setuptools import find_packages, setup
+from setuptools import setup
 
 
 def cuda_extensions():
@@ -20,7 +24,8 @@ def cuda_extensions():
         print("adjoined_kernels: no CUDA sources in csrc/ yet, building no extension")
         return [], {}
     # An nvcc on PATH outside a toolkit tree (e.g. /usr/local/bin/nvcc) makes torch guess CUDA_HOME=/usr/local,
-    # which has no CUDA headers: prefer the real toolkit when it is there (DESIGN §4).
+    # which has no CUDA headers: prefer the real toolkit when it is there (docs/kernels.md, "Building the
+    # extension").
     if "CUDA_HOME" not in os.environ and os.path.exists("/usr/local/cuda/bin/nvcc"):
         os.environ["CUDA_HOME"] = "/usr/local/cuda"
     try:
@@ -49,17 +54,4 @@ def cuda_extensions():
 
 ext_modules, cmdclass = cuda_extensions()
 
-setup(
-    name="adjoined-kernels",
-    version="0.1.0",
-    description="Fused Triton/CUDA kernels, modules, models and a trainer for Adjoined Networks",
-    packages=find_packages(include=["adjoined_kernels", "adjoined_kernels.*"]),
-    python_requires=">=3.10",
-    install_requires=["torch>=2.11", "torchvision>=0.26", "triton>=3.6", "numpy", "tqdm", "matplotlib", "pyyaml",
-                      "onnx", "onnxruntime"],
-    extras_require={"test": ["pytest", "pytest-benchmark", "onnxscript"]},
-    entry_points={"console_scripts": ["adjoined-train=adjoined_kernels.train.cli:main",
-                                      "adjoined-search=adjoined_kernels.train.cli:search_main"]},
-    ext_modules=ext_modules,
-    cmdclass=cmdclass,
-)
+setup(ext_modules=ext_modules, cmdclass=cmdclass)

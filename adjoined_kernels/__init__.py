@@ -1,6 +1,8 @@
-"""adjoined-kernels: fused kernels, modules, models and a trainer for Adjoined Networks (seeds/000).
+"""adjoined-kernels: fused kernels, modules, models and a trainer for Adjoined Networks, from the paper
+"Adjoined Networks: A Training Paradigm with Applications to Network Compression" (Nath, Kushagra, Yang).
+The design (maths, kernels, benchmark protocol) is in docs/; docs/README.md indexes it.
 
-Public API (DESIGN §2): adjoined_conv2d, adjoined_loss, AdjoinedLoss, FusedAdjoinedConv2d,
+Public API: adjoined_conv2d, adjoined_loss, AdjoinedLoss, FusedAdjoinedConv2d,
 models.adjoined_resnet18/34/50/100/101 (DAN search networks with ``search_alphas=``), export_small,
 available_backends, lambda_schedule, dan_loss and tau_at (DAN; docs/dan.md); adjoin, AdjoinedModel and
 export_full (any torch.fx-traceable CNN; docs/adjoin.md).

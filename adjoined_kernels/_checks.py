@@ -1,4 +1,4 @@
-"""Input validation shared by the public ops: clear errors naming the argument (DESIGN §2)."""
+"""Input validation shared by the public ops: clear errors naming the argument."""
 from __future__ import annotations
 
 import torch

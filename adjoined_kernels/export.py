@@ -58,7 +58,7 @@ def _export(model: AdjoinedResNet, small: bool, fold_bn: bool) -> PlainResNet:
 
 
 def export_small(model: AdjoinedResNet, fold_bn: bool = False) -> PlainResNet:
-    """The small network as plain ``torch.nn`` layers with physically sliced weights (DESIGN §1).
+    """The small network as plain ``torch.nn`` layers with physically sliced weights (docs/maths.md, section 2).
 
     Every adjoined conv becomes ``nn.Conv2d`` with ``weight[:c_out_s, :c_in_s]`` copied, each small-branch BN
     an ``nn.BatchNorm2d``, and the classifier ``nn.Linear`` with ``fc.weight[:, :feat_small]``. In ``eval()``

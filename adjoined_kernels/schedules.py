@@ -1,4 +1,7 @@
-"""lambda(t) schedules for the KL weight (seeds/000 Sec. 4 and App. E; DESIGN §1).
+"""lambda(t) schedules for the KL weight of the adjoined loss (docs/maths.md, section 4).
+
+From "Adjoined Networks: A Training Paradigm with Applications to Network Compression":
+Def. 1 / Eq. 3 weights the KL term by lambda(t); Sec. 4 uses min(4t^2, 1), App. E (Table 9) compares the others.
 
 ``t = step / total_steps`` in [0, 1]; ``c`` is the final scale.
 """
@@ -16,7 +19,7 @@ SCHEDULES = {
 
 
 def lambda_schedule(t: float, kind: str = "quadratic", c: float = 1.0) -> float:
-    """Value of lambda(t) = c * f(t) for the schedule ``kind`` (seeds/000 App. E).
+    """Value of lambda(t) = c * f(t) for the schedule ``kind`` (the paper's Sec. 4 and App. E).
 
     Args:
         t: training progress in [0, 1] (step / total_steps).

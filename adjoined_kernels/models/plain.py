@@ -12,7 +12,7 @@ def conv_bn(cin: int, cout: int, k: int, stride: int = 1) -> list[nn.Module]:
 class PlainBlock(nn.Module):
     """Residual block with explicit widths: basic (``inner=[m]``: 3x3, 3x3) or bottleneck
     (``inner=[m1, m2]``: 1x1, 3x3 with the stride, 1x1). Without a downsample, a wider identity is
-    sliced to its ``out``-channel prefix (DESIGN §1)."""
+    sliced to its ``out``-channel prefix (docs/maths.md, section 2)."""
 
     def __init__(self, cin: int, inner: list[int], out: int, stride: int, downsample: bool):
         super().__init__()

@@ -1,4 +1,4 @@
-"""AdjoinedBatchNorm2d: one BatchNorm per branch (DESIGN §1), with DAN's gate after the small BN."""
+"""AdjoinedBatchNorm2d: one BatchNorm per branch (the paper's App. C), DAN's gate after the small BN."""
 from __future__ import annotations
 
 import torch.nn as nn
@@ -9,7 +9,7 @@ class AdjoinedBatchNorm2d(nn.Module):
 
     ``forward(z_full, z_small, small_scale=None)`` returns both normalised tensors. ``small_scale``
     ``[c_s]`` multiplies the small output *after* its BN, so batch statistics cannot cancel it
-    (DESIGN §1, DAN).
+    (docs/maths.md, section 5; docs/dan.md).
     """
 
     def __init__(self, num_features: int, small_features: int, device=None, dtype=None):
