@@ -10,7 +10,7 @@ import torch
 from adjoined_kernels.train import checkpoint, cli, loop
 from adjoined_kernels.train.guard import NonFiniteError, detect_anomaly
 from adjoined_kernels.train.loader import EpochBatches, ShardBatches
-from test_train import FAST, make_idx_dir
+from test_train import FAST, make_idx_dir, make_imagefolder
 
 
 @pytest.fixture(scope="module")
@@ -161,3 +161,15 @@ def test_metrics_record_every_epoch_once_after_resume(data, tmp_path):
         assert cli.main(run_args(data, tmp_path, "--resume")) == 0
     epochs = [json.loads(x)["epoch"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [1, 2]
+
+
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_corrupt_image_in_a_streamed_split_exits_2_naming_it(tmp_path, capsys, workers):
+    make_imagefolder(tmp_path / "data")
+    (tmp_path / "data" / "train" / "dog" / "bad.jpg").write_bytes(b"garbage")
+    argv = ["--dataset", "imagefolder", "--data-dir", str(tmp_path / "data"), "--image-size", "16", "--epochs", "1",
+            "--batch-size", "7", "--no-onnx", "--device", "cpu", "--out", str(tmp_path / "out"), "--workers", workers,
+            "--width", "8", "--bench-runs", "0", "--no-progress", "--threads", "1"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "cannot read image" in err and "bad.jpg" in err and "Traceback" not in err, err

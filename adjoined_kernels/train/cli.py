@@ -328,7 +328,7 @@ def _run(args, world=None, device=None) -> int:
         try:
             net, history, finished = train(args, ds, device, world=world)
         except (ResumeError, DataError) as e:
-            return fail(str(e), prog(args))
+            return fail(_worker_message(str(e)), prog(args))
         except NonFiniteError as e:
             fail(str(e), prog(args))
             return 3
@@ -347,6 +347,14 @@ def _check_batch(ds, n, device):
 
     from .data import normalize
     return normalize(ds.take(torch.arange(min(n, ds.size("train"))))[0], ds.mean, ds.std).to(device)
+
+
+def _worker_message(msg: str) -> str:
+    """The error itself from an exception a DataLoader worker re-raised (which carries the worker's traceback)."""
+    if "Original Traceback" not in msg:
+        return msg
+    last = msg.strip().splitlines()[-1]
+    return last.split("Error: ", 1)[-1]
 
 
 def _missing_extras() -> str | None:
