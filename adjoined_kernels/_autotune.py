@@ -24,6 +24,7 @@ _VERSION = 1  # bump when the meaning of a key or of a timing changes: old files
 _CHOICES: dict[str, str] = {}  # key string -> chosen backend name
 _TIMINGS: dict[str, dict[str, float]] = {}  # key string -> {name: median ms} for the keys timed here
 _SEEN: dict[str, tuple[str, tuple]] = {}  # key string -> (op, key) for every key asked for in this process
+_MEMO: dict[tuple, str] = {}  # (op, key) -> choice: a repeat skips building the key string (device name, repr)
 _LOADED = False
 
 
@@ -89,6 +90,16 @@ def time_cuda(fn: Callable[[], object], warmup: int = 2, reps: int = 5) -> float
     return statistics.median(times)
 
 
+def timer(fn: Callable[[], object]) -> float:
+    """``time_cuda`` looked up at call time (tests replace it with fake timings)."""
+    return time_cuda(fn)
+
+
+def lookup(op: str, key: tuple) -> str | None:
+    """The choice already made in this process for ``(op, key)``, or None: one dict lookup, for the hot path."""
+    return _MEMO.get((op, key))
+
+
 def choose(op: str, key: tuple, candidates: dict[str, Callable[[], object]],
            timer: Callable[[Callable[[], object]], float] = time_cuda) -> str:
     """The fastest of ``candidates`` for ``(op, key)``, timed once per key and then cached.
@@ -111,6 +122,7 @@ def choose(op: str, key: tuple, candidates: dict[str, Callable[[], object]],
     _SEEN[k] = (op, tuple(key))
     hit = _CHOICES.get(k)
     if hit in candidates:
+        _MEMO[(op, key)] = hit
         return hit
     timings = {}
     for name, fn in candidates.items():
@@ -121,7 +133,7 @@ def choose(op: str, key: tuple, candidates: dict[str, Callable[[], object]],
     if not timings:
         return next(iter(candidates))
     best = min(timings, key=timings.get)
-    _CHOICES[k], _TIMINGS[k] = best, timings
+    _CHOICES[k], _TIMINGS[k], _MEMO[(op, key)] = best, timings, best
     _save()
     return best
 
@@ -140,6 +152,7 @@ def clear(memory_only: bool = True) -> None:
     global _LOADED
     _CHOICES.clear()
     _TIMINGS.clear()
+    _MEMO.clear()
     _SEEN.clear()
     _LOADED = memory_only  # keep the file out of memory after a memory-only clear
     path = cache_path()

@@ -1,4 +1,4 @@
-"""Backend discovery and dispatch (DESIGN §2).
+"""Backend discovery and dispatch (docs/kernels.md, "Backends").
 
 Backends: "reference" (PyTorch ops, any device), "triton" (CUDA tensors, or CPU tensors when
 TRITON_INTERPRET=1 was set before import), "cuda" (the compiled extension adjoined_kernels._C).
@@ -10,6 +10,8 @@ import importlib
 import os
 
 import torch
+
+from . import _autotune
 
 BACKENDS = ("auto", "reference", "triton", "cuda")
 
@@ -57,11 +59,32 @@ def available_backends() -> list[str]:
     return out
 
 
+def tunable(device: torch.device) -> bool:
+    """Whether ``backend="auto"`` times the backends for tensors on ``device`` (CUDA, unless ADJOINED_AUTOTUNE=0)
+    instead of taking the fixed order of :func:`resolve_backend`."""
+    return device.type == "cuda" and _autotune.enabled()
+
+
+def tuned(op: str, key: tuple, supported: tuple[str, ...], load, step) -> str:
+    """The fastest available backend, reference included, for ``op`` on inputs described by ``key``: timed on
+    first use, then a dict lookup (docs/kernels.md, "auto"). ``load(name)`` imports a backend; ``step(name)``
+    returns a zero-argument call running the op (and its backward when training) on that backend."""
+    hit = _autotune.lookup(op, key)
+    if hit is None:
+        names = [n for n in ("reference", *supported) if n in available_backends()]
+        for name in names[1:]:
+            load(name)
+        hit = _autotune.choose(op, key, {name: step(name) for name in names}, timer=_autotune.timer)
+    return hit
+
+
 @torch.compiler.assume_constant_result
 def resolve_backend(backend: str, device: torch.device, supported: tuple[str, ...]) -> str:
     """Pick the concrete backend for tensors on ``device``.
 
-    ``supported`` lists the non-reference backends the calling op implements.
+    ``supported`` lists the non-reference backends the calling op implements. "auto" here is the fixed order
+    (cuda, triton, reference) on CUDA tensors, "reference" elsewhere; the ops time the backends instead when
+    :func:`tunable` says so.
     Raises ValueError for an unknown name and RuntimeError for an unavailable backend. torch.compile takes
     the result as a constant: the import probes behind it cannot be traced.
     """

@@ -8,7 +8,7 @@ bwd (dgrad + wgrad over a saved forward), full (all three). Providers:
   compile         torch.compile(adjoined_conv2d_ref), default mode, dynamic shapes (one compile serves all)
   compile_max     the same with mode="max-autotune-no-cudagraphs", static shapes (autotunes per shape)
   triton          adjoined_conv2d(backend="triton");  triton_noshare: weight-tile sharing off;
-                  triton_nocache: every launch through Triton's own launch path (ops/_launch.py's cache off)
+                  triton_nocache: every launch through Triton's own launch path (ops/conv/triton/launch.py's cache off)
   cuda            adjoined_conv2d(backend="cuda"), when the extension is built
 Every provider is checked against an fp32 reference first (bf16 error <= 2x cuDNN's own + 1e-3); one failing to
 run is recorded as a row with its error. The providers of one problem and mode share one timing method: CUDA-graph
@@ -34,8 +34,9 @@ import torch
 import torch.nn.functional as F
 
 import adjoined_kernels as ak
-from adjoined_kernels.ops import _launch, conv_dgrad, conv_fprop, conv_wgrad
-from adjoined_kernels.ops.conv_fprop import adjoined_conv2d_triton
+from adjoined_kernels.ops.conv import fused_conv2d
+from adjoined_kernels.ops.conv.triton import dgrad as conv_dgrad, fprop as conv_fprop, launch as _launch
+from adjoined_kernels.ops.conv.triton import wgrad as conv_wgrad
 from common import (NAN, Budget, CsvWriter, Timing, error_text, now, peak_rates, raise_recompile_limits, ratio,
                     read_rows, rel_err, run_meta, run_plan, shared_timing, time_fn, within_tolerance)
 
@@ -289,8 +290,8 @@ def make_provider(name: str, pb: Problem) -> Provider:
         "compile": lambda: compiled("compile")(xf, xs, w, *args),
         "compile_max": lambda: compiled("compile_max")(xf, xs, w, *args),
         "triton": lambda: ak.adjoined_conv2d(xf, xs, w, *args, backend="triton"),
-        "triton_noshare": lambda: adjoined_conv2d_triton(xf, xs, w, None, (s.stride,) * 2, (s.pad,) * 2, (1, 1),
-                                                         s.cout_s, None, share_weights=False),
+        "triton_noshare": lambda: fused_conv2d("triton", xf, xs, w, None, (s.stride,) * 2, (s.pad,) * 2, (1, 1),
+                                               s.cout_s, None, share_weights=False),
         "cuda": lambda: ak.adjoined_conv2d(xf, xs, w, *args, backend="cuda"),
     }
     if name == "triton_nocache":

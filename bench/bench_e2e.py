@@ -3,7 +3,9 @@
 ResNet-50 at 224 px (stem imagenet, 1000 classes), alpha 4, bf16 autocast, channels_last, synthetic data, SGD
 with momentum; N in {64, 256}. Variants:
   standard            export_full(model): the full network alone, cross-entropy only (the baseline)
-  adjoined-<backend>  the adjoined model and loss on each available backend (reference, triton, cuda)
+  adjoined-<backend>  the adjoined model and loss on each available backend (reference, triton, cuda), and on
+                      auto: each layer's fastest backend, timed at the first step (the warm-up); the backend
+                      each layer got is printed and written to OUT.auto.json
   authors             the authors' masked form (bench/authors.py) with the eager adjoined loss
   <variant>-graph     standard and adjoined-<backend> with the whole step (forward, loss, backward, SGD)
                       captured once in a CUDA graph and replayed (PyTorch's whole-network capture): the step
@@ -17,21 +19,24 @@ is adjoined over standard images/s. Rows are appended as measured; work stops wh
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import statistics
 import sys
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 import adjoined_kernels as ak
+from adjoined_kernels import _autotune
 from adjoined_kernels.export import export_full
 from authors import AuthorsResNet
 from common import NAN, Budget, CsvWriter, error_text, now, ratio, run_meta, run_plan
 
 MODEL = (ak.models.adjoined_resnet50, {"num_classes": 1000, "stem": "imagenet"}, 224)
 BATCHES = (256, 64)
-BACKENDS = ("cuda", "triton", "reference")
+BACKENDS = ("auto", "cuda", "triton", "reference")
 ALPHA, LAM = 4, 0.5
 FIELDS = ["kernel", "provider", "mode", "shape", "alpha", "dtype", "N", "steps", "ms_p20", "ms_p50", "ms_p80",
           "images_per_s", "speedup_vs_standard", "peak_mem_MB", "loss_first", "loss_last", "finite", "error",
@@ -44,7 +49,7 @@ GRAPH = "-graph"
 def variants(backends) -> list[str]:
     """Measuring order: the baseline first, then the fused backends (the headline), the same in CUDA graphs,
     then the slower forms."""
-    eager = ["standard"] + [f"adjoined-{b}" for b in BACKENDS if b in backends]
+    eager = ["standard"] + [f"adjoined-{b}" for b in BACKENDS if b == "auto" or b in backends]
     return eager + [v + GRAPH for v in eager] + ["authors"]
 
 
@@ -137,6 +142,7 @@ def time_steps(step, warmup: int, steps: int) -> dict:
 class E2EBench:
     def __init__(self, out: str, warmup: int, steps: int, meta: dict):
         self.csv, self.warmup, self.steps, self.meta = CsvWriter(out, FIELDS), warmup, steps, meta
+        self.auto_path, self.auto_rows = Path(out).with_suffix(".auto.json"), []
         self.standard: dict[tuple[int, bool], float] = {}  # (N, graphed) -> standard's images/s
 
     def run(self, job) -> None:
@@ -165,6 +171,21 @@ class E2EBench:
         summary = (f"{ips:8.0f} img/s  p50 {res['ms_p50']:.1f} ms/step  peak {res['peak_mem_MB'] / 1024:.1f} GiB"
                    if res else error)
         print(f"N={n:3d} {variant:22s} {summary}", flush=True)
+        if res and base == "adjoined-auto":
+            self.report_auto(variant, n)
+
+    def report_auto(self, variant: str, n: int) -> None:
+        """Print and save which backend ``auto`` gave each layer geometry (and the timings it chose by)."""
+        rows = [dict(r, variant=variant, N=n, key=repr(r["key"])) for r in _autotune.report()]
+        counts: dict[tuple[str, str], int] = {}
+        for r in rows:
+            counts[(r["op"], r["backend"])] = counts.get((r["op"], r["backend"]), 0) + 1
+            ms = ", ".join(f"{k} {v:.3f}" for k, v in sorted(r["ms"].items()))
+            print(f"  auto {r['op']} {r['key']}: {r['backend']}  ({ms or 'from the cache file'})", flush=True)
+        print("  auto, geometries per backend: " + ", ".join(f"{op} {b}: {c}" for (op, b), c in sorted(counts.items())),
+              flush=True)
+        self.auto_rows.extend(rows)
+        self.auto_path.write_text(json.dumps(self.auto_rows, indent=1))
 
 
 def parse_args(argv=None):

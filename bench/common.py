@@ -1,4 +1,5 @@
-"""Shared GPU benchmark plumbing (KERNEL-NOTES "Benchmark protocol"): timing, time budget, run metadata, CSV rows.
+"""Shared GPU benchmark plumbing (docs/benchmarks.md, "Rules every benchmark follows"): timing, time budget,
+run metadata, CSV rows.
 
 The pure parts (choose_timing, Budget, run_plan, CsvWriter, read_rows) run anywhere and are tested on CPU in
 tests/test_bench_harness.py; time_fn, shared_timing and peak_rates need a CUDA GPU.

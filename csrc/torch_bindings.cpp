@@ -1,7 +1,9 @@
 // Schemas of the adjoined CUDA ops (namespace "adjoined", names prefixed "cuda_" so that they never clash
-// with the Triton ops registered from Python in the same namespace) and their CUDA implementations.
-// Fake (meta) kernels and autograd formulas are registered from Python: adjoined_kernels/ops/conv_cuda.py
-// and adjoined_kernels/ops/loss_cuda.py.
+// with the Triton ops registered from Python in the same namespace as "triton_*") and their CUDA
+// implementations. Each schema is the one contract of its pass, which every backend implements: the strings
+// must equal adjoined_kernels/ops/conv/contract.py (SCHEMAS) and adjoined_kernels/ops/loss/schema.py (SCHEMA);
+// tests/ops checks that they do. The fake (meta) kernels and the autograd formulas are registered from
+// Python, the same for every backend (ops/conv/cuda.py and ops/loss/cuda.py register them for these ops).
 #include <torch/library.h>
 
 #include "ops.h"

@@ -1,4 +1,4 @@
-"""Bad inputs raise clear ValueError/TypeError naming the argument (DESIGN §2)."""
+"""Bad inputs raise clear ValueError/TypeError naming the argument."""
 import pytest
 import torch
 import torch.nn as nn

@@ -111,7 +111,7 @@ def test_plan_runs_the_targets_first_and_compile_max_last():
 
 
 def test_triton_nocache_times_with_the_relaunch_cache_off(monkeypatch):
-    from adjoined_kernels.ops import _launch
+    from adjoined_kernels.ops.conv.triton import launch as _launch
     monkeypatch.setattr(_launch, "FAST", True)
     seen = []
     p = bench_conv.Provider(lambda: seen.append(_launch.FAST) or (torch.ones(1),), (), (), bench_conv._same,
@@ -125,7 +125,7 @@ def test_triton_nocache_times_with_the_relaunch_cache_off(monkeypatch):
 
 def test_triton_configs_names_the_passes_of_the_mode(monkeypatch):
     import triton
-    from adjoined_kernels.ops import conv_dgrad, conv_fprop, conv_wgrad
+    from adjoined_kernels.ops.conv.triton import dgrad as conv_dgrad, fprop as conv_fprop, wgrad as conv_wgrad
     cfg = triton.Config(dict(BM=128, BN=64, BK=32, GROUP_M=8), num_warps=4, num_stages=3)
     monkeypatch.setattr(conv_fprop._fprop_launcher, "last_config", cfg)
     monkeypatch.setattr(conv_dgrad._dgrad_launcher, "last_config", None)  # not autotuned
@@ -429,8 +429,8 @@ def test_e2e_variants_and_graph_suffix():
     """Eager variants first (the headline), then the same CUDA-graphed, then the authors' form; a graphed
     variant names its backend like the eager one and refuses a device without CUDA graphs."""
     assert bench_e2e.variants(["reference", "cuda"]) == [
-        "standard", "adjoined-cuda", "adjoined-reference", "standard-graph", "adjoined-cuda-graph",
-        "adjoined-reference-graph", "authors"]
+        "standard", "adjoined-auto", "adjoined-cuda", "adjoined-reference", "standard-graph", "adjoined-auto-graph",
+        "adjoined-cuda-graph", "adjoined-reference-graph", "authors"]
     assert bench_e2e.parse_variant("adjoined-triton-graph") == ("adjoined-triton", "triton", True)
     assert bench_e2e.parse_variant("standard") == ("standard", "reference", False)
     with pytest.raises(ValueError, match="device must be cuda"):
@@ -460,3 +460,24 @@ def test_report_cpu_section_quantiles_and_speedups(tmp_path):
     text = "\n".join(report.cpu_section(str(path)))
     assert "| m | 8 | eager | 1200.0 [1080.0, 1320.0] | 400.0 [380.0, 420.0] | 3.00x |" in text
     assert "| authors | 500.0 [500.0, 500.0] | 2.50x |" in text
+
+
+def test_e2e_reports_the_backend_auto_gave_each_layer(tmp_path, monkeypatch, capsys):
+    from adjoined_kernels import _autotune
+    monkeypatch.setenv("ADJOINED_AUTOTUNE_CACHE", "")
+    _autotune.clear()
+    def timed(**ms):  # candidates that carry their own fake time
+        fns = {}
+        for name, t in ms.items():
+            fns[name] = lambda: None
+            fns[name].ms = t
+        return fns
+    _autotune.choose("adjoined_conv2d", (1,), timed(reference=2.0, triton=1.0), timer=lambda fn: fn.ms)
+    _autotune.choose("adjoined_conv2d", (2,), timed(reference=0.5, triton=1.0), timer=lambda fn: fn.ms)
+    bench = bench_e2e.E2EBench(str(tmp_path / "e2e.csv"), 1, 1, {})
+    bench.report_auto("adjoined-auto", 2)
+    rows = json.loads((tmp_path / "e2e.auto.json").read_text())
+    assert [(r["op"], r["key"], r["backend"], r["N"]) for r in rows] == [
+        ("adjoined_conv2d", "(1,)", "triton", 2), ("adjoined_conv2d", "(2,)", "reference", 2)]
+    assert "geometries per backend: adjoined_conv2d reference: 1, adjoined_conv2d triton: 1" in capsys.readouterr().out
+    _autotune.clear()

@@ -1,4 +1,4 @@
-"""The reference ops against independent formulations, in float64 (DESIGN §1)."""
+"""The reference ops against independent formulations, in float64 (docs/maths.md, section 1)."""
 import pytest
 import torch
 import torch.nn.functional as F

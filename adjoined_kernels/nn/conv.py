@@ -7,13 +7,14 @@ import torch
 import torch.nn as nn
 
 from .._checks import divide, pair
-from ..ops.adjoined_conv2d import adjoined_conv2d
+from ..ops.conv import adjoined_conv2d
 
 DEFAULT_ALPHA = 4
 
 
 class FusedAdjoinedConv2d(nn.Module):
-    """Adjoined convolution module (seeds/000 Eq. 1-2): ``z_full, z_small = conv(x_full, x_small)``.
+    """Adjoined convolution module ("Adjoined Networks", Eq. 1-2; docs/maths.md, section 1):
+    ``z_full, z_small = conv(x_full, x_small)``.
 
     ``weight`` ``[out_channels, in_channels, kh, kw]`` and ``bias`` ``[out_channels]`` are named and
     initialised as in ``nn.Conv2d``. The small branch uses ``weight[:small_out_channels, :small_in_channels]``.

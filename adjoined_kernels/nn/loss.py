@@ -1,9 +1,9 @@
-"""AdjoinedLoss: module form of adjoined_loss (seeds/000 Def. 1, Eq. 3)."""
+"""AdjoinedLoss: module form of adjoined_loss ("Adjoined Networks", Def. 1, Eq. 3)."""
 from __future__ import annotations
 
 import torch.nn as nn
 
-from ..ops.adjoined_loss import REDUCTIONS, adjoined_loss
+from ..ops.loss import REDUCTIONS, adjoined_loss
 
 
 class AdjoinedLoss(nn.Module):

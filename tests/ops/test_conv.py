@@ -1,26 +1,29 @@
-"""Fused Triton adjoined convolution (backend="triton"): forward and every gradient against a float64
-reference, weight sharing on/off, op registration (opcheck), dispatch and torch.compile.
+"""The adjoined convolution, by op: every fused backend (triton; cuda on a GPU; the CUDA kernels' CPU
+emulation, cuda_emu) against a float64 reference with one case generator and one tolerance rule, weight
+sharing on/off, the passes' contract (schemas, opcheck), dispatch, the frame budget and torch.compile.
 
-Without a GPU the kernels run in the Triton interpreter on tiny shapes (conftest sets TRITON_INTERPRET=1
-and NaN-poisons every output buffer); with one, the same tests run on CUDA, plus a larger-shape test.
+Without a GPU the Triton kernels run in the interpreter on tiny shapes (tests/conftest.py sets
+TRITON_INTERPRET=1 and NaN-poisons every output buffer); with one, the same tests run on CUDA, plus
+larger shapes.
 """
 from __future__ import annotations
 
 import contextlib
+import importlib
+import inspect
+import os
 import random
 
 import pytest
 import torch
 
 import adjoined_kernels as ak
-from adjoined_kernels.ops.adjoined_conv2d import adjoined_conv2d_ref
+from adjoined_kernels.ops.conv import adjoined_conv2d_ref, fused_conv2d, run
+from adjoined_kernels.ops.conv import reference as R
+from adjoined_kernels.ops.conv.contract import AdjoinedConv
 
 pytest.importorskip("triton", reason="triton is not installed")
-from adjoined_kernels.ops.conv_dgrad import conv2d_dgrad, conv2d_dgrad_ref  # noqa: E402
-from adjoined_kernels.ops.conv_fprop import (adjoined_conv2d_triton, conv2d_fprop,  # noqa: E402
-                                             conv2d_fprop_ref)
-from adjoined_kernels.ops import conv_wgrad as cw  # noqa: E402
-from adjoined_kernels.ops.conv_wgrad import conv2d_wgrad, conv2d_wgrad_ref  # noqa: E402
+from adjoined_kernels.ops.conv.triton import IMPL as T, OPS, dgrad as cd, fprop as cf, wgrad as cw  # noqa: E402
 
 pytestmark = pytest.mark.skipif("triton" not in ak.available_backends(),
                                 reason="backend='triton' needs a CUDA GPU or TRITON_INTERPRET=1")
@@ -128,9 +131,9 @@ def run_conv(case: dict, leaves: dict, grads, fn):
     return z, dict(zip(names, dx))
 
 
-def _triton_fn(share=True):
+def _fused_fn(module, share=True):
     def fn(*args):
-        return adjoined_conv2d_triton(*args, share_weights=share)
+        return run(module, *args, share_weights=share)
     return fn
 
 
@@ -150,7 +153,7 @@ def no_tf32():
 
 
 def assert_close_to_ref(what, got, ref64, base, dtype):
-    """|got - ref| <= 2 |base - ref| + FLOOR * max|ref| (flash-attention's rule, DESIGN §3)."""
+    """|got - ref| <= 2 |base - ref| + FLOOR * max|ref| (flash-attention's rule, docs/benchmarks.md)."""
     mag = ref64.abs().max().item()
     assert mag > 0, f"{what}: the reference is all zeros, the test would prove nothing"
     assert got.shape == ref64.shape, f"{what}: shape {tuple(got.shape)} != {tuple(ref64.shape)}"
@@ -160,14 +163,16 @@ def assert_close_to_ref(what, got, ref64, base, dtype):
     assert err <= tol, f"{what}: max error {err:.3g} > tol {tol:.3g} (torch baseline {base_err:.3g}, |ref| {mag:.3g})"
 
 
-def check_case(case: dict, dtype, device, seed: int, share=True):
+def check_case(case: dict, dtype, device, seed: int, module, share=True):
+    """``module``'s fused path (a backend module of ops/conv, or the emulation's) against float64: the
+    flash-attention rule for every output and gradient, and F.conv2d's memory formats."""
     inputs = make_inputs(case, device, seed)
     ref_z, ref_g = run_conv(case, _leaves(inputs, torch.float64, case), inputs["grads"], _ref_fn)
-    # Baseline: torch in the same low precision where the device supports it, else fp32 (DESIGN §3).
+    # Baseline: torch in the same low precision where the device supports it, else fp32.
     base_dtype = dtype if device == "cuda" else torch.float32
     with no_tf32():
         base_z, base_g = run_conv(case, _leaves(inputs, base_dtype, case), inputs["grads"], _ref_fn)
-        z, g = run_conv(case, _leaves(inputs, dtype, case), inputs["grads"], _triton_fn(share))
+        z, g = run_conv(case, _leaves(inputs, dtype, case), inputs["grads"], _fused_fn(module, share))
     for name, got, ref, base in zip(("z_full", "z_small"), z, ref_z, base_z):
         assert got.dtype == dtype
         assert_close_to_ref(name, got, ref, base, dtype)
@@ -188,14 +193,25 @@ def check_case(case: dict, dtype, device, seed: int, share=True):
 
 
 @pytest.mark.parametrize("seed", range(18))
-def test_random_fp32(seed, device):
-    check_case(make_case(seed), torch.float32, device, seed)
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_random_fp32(backend, seed, device, fused):
+    check_case(make_case(seed), torch.float32, device, seed, fused(backend)[0])
 
 
 @pytest.mark.parametrize("seed", range(100, 106))
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
-def test_random_low_precision(seed, dtype, device):
-    check_case(make_case(seed), dtype, device, seed)
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_random_low_precision(backend, seed, dtype, device, fused):
+    check_case(make_case(seed), dtype, device, seed, fused(backend)[0])
+
+
+@pytest.mark.parametrize("seed", [0, 5, 7, 100, 101])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_cuda_kernels_emulated(seed, dtype, fused):
+    """The CUDA C++ kernels, compiled for the CPU (csrc/emu/), on a few cases of the same generator: their
+    index logic and numerics checked without a GPU (the pipelined tensor-core path needs 16-byte rows, which
+    seed 5 has)."""
+    check_case(make_case(seed), dtype, "cpu", seed, fused("cuda_emu")[0])
 
 
 EDGE_CASES = {
@@ -219,17 +235,21 @@ EDGE_CASES = {
 
 
 @pytest.mark.parametrize("name", list(EDGE_CASES))
-def test_edge_cases(name, device):
-    check_case(EDGE_CASES[name], torch.float32, device, seed=7)
+@pytest.mark.parametrize("backend", ["triton", "cuda", "cuda_emu"])
+def test_edge_cases(backend, name, device, fused):
+    check_case(EDGE_CASES[name], torch.float32, "cpu" if backend == "cuda_emu" else device, 7, fused(backend)[0])
 
 
 @pytest.mark.parametrize("seed", [1, 9, 11])
-def test_share_weights_on_off_agree(seed, device):
+@pytest.mark.parametrize("backend", ["triton", "cuda", "cuda_emu"])
+def test_share_weights_on_off_agree(backend, seed, device, fused):
     """Sharing changes who loads a weight tile, not the maths: results agree to fp32 rounding."""
+    module = fused(backend)[0]
+    device = "cpu" if backend == "cuda_emu" else device
     case = make_case(seed)
     inputs = make_inputs(case, device, seed)
-    on = run_conv(case, _leaves(inputs, torch.float32, case), inputs["grads"], _triton_fn(True))
-    off = run_conv(case, _leaves(inputs, torch.float32, case), inputs["grads"], _triton_fn(False))
+    on = run_conv(case, _leaves(inputs, torch.float32, case), inputs["grads"], _fused_fn(module, True))
+    off = run_conv(case, _leaves(inputs, torch.float32, case), inputs["grads"], _fused_fn(module, False))
     for a, b in zip(on[0], off[0]):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     for name in on[1]:
@@ -257,7 +277,7 @@ def _op_args(device, dtype=torch.float32, requires_grad=False, bias=True, scale=
 def test_fprop_op_matches_ref(device):
     xf, xs, w, b, sc = _op_args(device)
     args = (xf, xs, w, b, sc, [2, 1], [1, 0], [1, 2], 4, True, True)
-    for got, ref in zip(conv2d_fprop(*args), conv2d_fprop_ref(*args)):
+    for got, ref in zip(OPS.fprop(*args), R.fprop(*args)):
         torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
         assert got.is_contiguous(memory_format=CL)
 
@@ -265,14 +285,16 @@ def test_fprop_op_matches_ref(device):
 @no_tf32()  # fp32 at 1e-4: TF32 (cuDNN's default, which the kernels follow) is ~1e-3
 def test_dgrad_wgrad_ops_match_ref(device):
     xf, xs, w, b, sc = _op_args(device)
-    zf, zs, _ = conv2d_fprop_ref(xf, xs, w, b, sc, [2, 1], [1, 0], [1, 2], 4)
+    zf, zs, us = R.fprop(xf, xs, w, b, sc, [2, 1], [1, 0], [1, 2], 4, True)
     dzf, dzs = torch.randn_like(zf), torch.randn_like(zs)
-    d_args = (dzf, dzs, w, sc, [5, 5, 4, 6], 3, [2, 1], [1, 0], [1, 2], True)
-    for got, ref in zip(conv2d_dgrad(*d_args), conv2d_dgrad_ref(*d_args)):
+    d_args = (dzf, dzs, w, sc, [5, 5], [4, 6], 3, [2, 1], [1, 0], [1, 2], True)
+    for got, ref in zip(OPS.dgrad(*d_args), R.dgrad(*d_args)):
         torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
-    w_args = (xf, xs, dzf, dzs, sc, [3, 3], [2, 1], [1, 0], [1, 2], True)
-    for got, ref in zip(conv2d_wgrad(*w_args), conv2d_wgrad_ref(*w_args)):
+        assert got.is_contiguous(memory_format=CL)
+    w_args = (xf, xs, dzf, dzs, sc, us, [3, 3], [2, 1], [1, 0], [1, 2], True, True)
+    for got, ref in zip(OPS.wgrad(*w_args), R.wgrad(*w_args)):
         torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+        assert got.dim() == 1 or got.is_contiguous(memory_format=CL)
 
 
 @pytest.mark.parametrize("offsets", ["i32", "i64"])
@@ -293,9 +315,9 @@ def test_wgrad_split_k_row_carries(n, c, c_s, hw, offsets, device, monkeypatch):
     xf, xs = r(n, c, *hw), r(n + 1, c_s, hw[0] - 2, hw[1] + 1)
     dzf, dzs = r(n, 6, *hw), r(n + 1, 3, hw[0] - 2, hw[1] + 1)
     sc = r(3) + 2.0
-    args = (xf, xs, dzf, dzs, sc, [3, 3], [1, 1], [1, 1], [1, 1], True)
+    args = (xf, xs, dzf, dzs, sc, None, [3, 3], [1, 1], [1, 1], [1, 1], True, True)
     with no_tf32():
-        for got, ref in zip(conv2d_wgrad(*args), conv2d_wgrad_ref(*args)):
+        for got, ref in zip(OPS.wgrad(*args), R.wgrad(*args)):
             torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-3)
     cw._wgrad_plan.cache_clear()
 
@@ -319,31 +341,33 @@ def test_wgrad_offsets_widen_for_large_tensors():
 def test_opcheck_fprop(bias, scale, device):
     xf, xs, w, b, sc = _op_args(device, requires_grad=True, bias=bias, scale=scale, k=1)
     args = (xf, xs, w, b, sc, [1, 2], [1, 0], [1, 1], 4, scale, True)
-    torch.library.opcheck(torch.ops.adjoined.conv2d_fprop.default, args)
+    torch.library.opcheck(torch.ops.adjoined.triton_conv2d_fprop.default, args)
 
 
 def test_opcheck_dgrad_wgrad(device):
     xf, xs, w, b, sc = _op_args(device, k=1)
-    zf, zs, _ = conv2d_fprop_ref(xf, xs, w, b, sc, [1, 2], [1, 0], [1, 1], 4)
+    zf, zs, us = R.fprop(xf, xs, w, b, sc, [1, 2], [1, 0], [1, 1], 4, True)
     dzf, dzs = torch.randn_like(zf), torch.randn_like(zs)
-    torch.library.opcheck(torch.ops.adjoined.conv2d_dgrad.default,
-                          (dzf, dzs, w, sc, [5, 5, 4, 6], 3, [1, 2], [1, 0], [1, 1], False))
-    torch.library.opcheck(torch.ops.adjoined.conv2d_wgrad.default,
-                          (xf, xs, dzf, dzs, None, [1, 1], [1, 2], [1, 0], [1, 1], True))
+    torch.library.opcheck(torch.ops.adjoined.triton_conv2d_dgrad.default,
+                          (dzf, dzs, w, sc, [5, 5], [4, 6], 3, [1, 2], [1, 0], [1, 1], False))
+    torch.library.opcheck(torch.ops.adjoined.triton_conv2d_wgrad.default,
+                          (xf, xs, dzf, dzs, None, None, [1, 1], [1, 2], [1, 0], [1, 1], True, True))
+    torch.library.opcheck(torch.ops.adjoined.triton_conv2d_wgrad.default,
+                          (xf, xs, dzf, dzs, sc, us, [1, 1], [1, 2], [1, 0], [1, 1], False, False))
 
 
 def test_wgrad_rejects_mismatched_geometry(device):
     xf, xs, w, b, sc = _op_args(device)
-    zf, zs, _ = conv2d_fprop_ref(xf, xs, w, b, sc, [1, 1], [1, 1], [1, 1], 4)
+    zf, zs, _ = R.fprop(xf, xs, w, b, sc, [1, 1], [1, 1], [1, 1], 4)
     with pytest.raises(ValueError, match="dz_full has spatial size"):
-        conv2d_wgrad(xf, xs, zf, zs, None, [3, 3], [2, 2], [1, 1], [1, 1], False)
+        T.wgrad(xf, xs, zf, zs, None, None, [3, 3], [2, 2], [1, 1], [1, 1], True, False)
     with pytest.raises(ValueError, match="dz_small has spatial size"):
-        conv2d_wgrad(xf, xs, zf, zs[:, :, 1:], None, [3, 3], [1, 1], [1, 1], [1, 1], False)
+        T.wgrad(xf, xs, zf, zs[:, :, 1:], None, None, [3, 3], [1, 1], [1, 1], [1, 1], True, False)
 
 
 def test_scale_grad_needs_saved_pre_scale_output(device):
     xf, xs, w, b, sc = _op_args(device, requires_grad=True)
-    zf, zs, _ = conv2d_fprop(xf, xs, w, b, sc, [1, 1], [1, 1], [1, 1], 4, False, True)
+    zf, zs, _ = OPS.fprop(xf, xs, w, b, sc, [1, 1], [1, 1], [1, 1], 4, False, True)
     with pytest.raises(RuntimeError, match="save_pre=True"):
         torch.autograd.grad(zs.sum(), sc)
 
@@ -352,8 +376,8 @@ def test_autotune_prune_keeps_configs_that_fit():
     """GPU config pruning (the interpreter has one config): shared memory, narrow and tiny problems."""
     import triton
 
-    from adjoined_kernels.ops._conv_common import (GEMM_SPACE, SHARED_SPILLS, SMEM_BUDGET, gemm_prune,
-                                                    shared_a_tiles)
+    from adjoined_kernels.ops.conv.triton.gemm import (GEMM_SPACE, SHARED_SPILLS, SMEM_BUDGET, gemm_prune,
+                                                        shared_a_tiles)
 
     space = [triton.Config(dict(BM=m, BN=n, BK=k, GROUP_M=8), num_warps=w, num_stages=s)
              for m, n, k, w, s in GEMM_SPACE]
@@ -402,28 +426,25 @@ def test_sm90_sass_wgmma_not_serialised(sm90_tool):
 
 @no_tf32()  # fp32 at 1e-4: TF32 (cuDNN's default, which the kernels follow) is ~1e-3
 def test_public_api_runs_the_triton_kernels(device, monkeypatch):
-    from adjoined_kernels.ops import conv_dgrad as cd, conv_fprop as cf, conv_wgrad as cw
     calls = []
-    for mod, name in ((cf, "_fprop_launch"), (cd, "_dgrad_launch"), (cw, "_wgrad_launch")):
-        launch = getattr(mod, name)
-        monkeypatch.setattr(mod, name, lambda *a, _f=launch, _n=name, **k: calls.append(_n) or _f(*a, **k))
+    for launcher, name in ((cf._fprop_launcher, "fprop"), (cd._dgrad_launcher, "dgrad"), (cw._wgrad_launcher, "wgrad")):
+        monkeypatch.setattr(launcher, "bind", lambda *a, _f=launcher.bind, _n=name: calls.append(_n) or _f(*a))
     xf, xs, w, b, sc = _op_args(device, requires_grad=True)
     zf, zs = ak.adjoined_conv2d(xf, xs, w, b, padding=1, small_out_channels=4, small_scale=sc, backend="triton")
     (zf.sum() + zs.sum()).backward()
-    assert calls == ["_fprop_launch", "_dgrad_launch", "_wgrad_launch"]
+    assert calls == ["fprop", "dgrad", "wgrad"]
     ref = ak.adjoined_conv2d(xf, xs, w, b, padding=1, small_out_channels=4, small_scale=sc, backend="reference")
     torch.testing.assert_close(zf, ref[0], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(zs, ref[1], rtol=1e-4, atol=1e-4)
 
 
 def test_eager_path_equals_the_registered_ops(device):
-    """Eager calls skip the custom-op dispatch (_EagerConv); results and every gradient must be identical
+    """Eager calls skip the custom-op dispatch (AdjoinedConv); results and every gradient must be identical
     to the ops' own autograd, which torch.compile traces."""
-    from adjoined_kernels.ops.conv_fprop import _EagerConv
     args = _op_args(device, requires_grad=True)
     rest = ([1, 1], [1, 1], [1, 1], 4, True, True)
     runs = []
-    for fprop in (conv2d_fprop, _EagerConv.apply):
+    for fprop in (OPS.fprop, lambda *a: AdjoinedConv.apply(T, *a)):
         zf, zs, _ = fprop(*args, *rest)
         g = torch.Generator().manual_seed(1)
         dz = [torch.randn(z.shape, generator=g).to(device) for z in (zf, zs)]
@@ -454,7 +475,7 @@ def test_torch_compile_fullgraph(device):
     xf, xs, w, b, sc = _op_args(device, requires_grad=True)
 
     def f(xf, xs, w, b, sc):
-        zf, zs = adjoined_conv2d_triton(xf, xs, w, b, (1, 1), (1, 1), (1, 1), 4, sc)
+        zf, zs = fused_conv2d("triton", xf, xs, w, b, (1, 1), (1, 1), (1, 1), 4, sc)
         return (zf * zf).sum() + (zs * zs).sum()
 
     compiled = torch.compile(f, fullgraph=True, backend="aot_eager" if device == "cpu" else "inductor")
@@ -487,10 +508,11 @@ LARGE = [
 # One dtype per shape keeps autotuning (one compile per config and specialisation) to a few minutes.
 @pytest.mark.parametrize("idx,dtype", [(0, torch.bfloat16), (1, torch.float16), (2, torch.float32)],
                          ids=["3x3-bf16", "1x1-stride2-fp16", "7x7-stem-fp32"])
-def test_large_shapes_cuda(idx, dtype, device):
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_large_shapes_cuda(backend, idx, dtype, device, fused):
     if device != "cuda":
         pytest.skip("realistic shapes are too slow for the Triton interpreter; runs on CUDA only")
-    check_case(LARGE[idx], dtype, device, seed=idx)
+    check_case(LARGE[idx], dtype, device, idx, fused(backend)[0])
 
 
 @pytest.mark.parametrize("backend", ["triton", "reference"])
@@ -509,3 +531,149 @@ def test_autocast_casts_inputs_like_conv2d(device, backend):
     for got, want in zip((zf, zs), ref):
         err = (got.double() - want).abs().max() / want.abs().max()
         assert err < 2e-2, err
+
+
+# ----------------------------------------------------------------------------------------------------
+# The contract, the frame budget, the prefix, unavailable backends
+
+
+@pytest.mark.parametrize("name", ["conv2d_fprop", "conv2d_dgrad", "conv2d_wgrad"])
+@pytest.mark.parametrize("backend", ["triton", "cuda", "cuda_emu"])
+def test_every_backend_registers_the_contracts_schema(backend, name, request):
+    """One schema per pass: each backend's op has exactly the contract's arguments and returns."""
+    from adjoined_kernels.ops.conv.contract import SCHEMAS
+    ns = "adjoined"
+    if backend == "cuda_emu":
+        request.getfixturevalue("emu")
+        ns, backend = "adjoined_emu", "cuda"
+    elif backend not in ak.available_backends():
+        pytest.skip(f"backend={backend!r} is unavailable here")
+    else:
+        importlib.import_module(f"adjoined_kernels.ops.conv.{backend}")
+    schema = getattr(getattr(torch.ops, ns), f"{backend}_{name}").default._schema
+    assert str(schema) == f"{ns}::{backend}_{name}{SCHEMAS[name]}"
+
+
+def test_opcheck_emulated_cuda_ops(fused):
+    """torch.library.opcheck of the CUDA ops' contract (schema, fake kernels, autograd registration, AOT
+    dispatch) through their CPU emulation."""
+    ops = fused("cuda_emu")[0].OPS
+    xf, xs, w, b, sc = _op_args("cpu", requires_grad=True, k=3)
+    args = (xf, xs, w, b, sc, [2, 1], [1, 0], [1, 2], 4, True, True)
+    torch.library.opcheck(ops.fprop.default, args)
+    zf, zs, us = R.fprop(*[a.detach() if isinstance(a, torch.Tensor) else a for a in args])
+    dzf, dzs = torch.randn_like(zf), torch.randn_like(zs)
+    w0, sc0 = w.detach(), sc.detach()
+    torch.library.opcheck(ops.dgrad.default, (dzf, dzs, w0, sc0, [5, 5], [4, 6], 3, [2, 1], [1, 0], [1, 2], True))
+    torch.library.opcheck(ops.wgrad.default, (xf.detach(), xs.detach(), dzf, dzs, sc0, us, [3, 3], [2, 1], [1, 0],
+                                              [1, 2], True, True))
+
+
+def _package_frames():
+    """The adjoined_kernels functions on the current call stack, innermost first, as "file:function"."""
+    pkg = os.path.dirname(os.path.abspath(ak.__file__))
+    return [f"{os.path.relpath(f.filename, pkg)}:{f.function}" for f in inspect.stack()
+            if os.path.abspath(f.filename).startswith(pkg + os.sep)]
+
+
+def test_module_reaches_the_triton_kernel_through_four_frames(monkeypatch):
+    """FusedAdjoinedConv2d.forward -> adjoined_conv2d -> AdjoinedConv.forward -> fprop, which launches the
+    kernel itself: at most four of the package's frames between a module and its kernel."""
+    from adjoined_kernels.ops.conv.triton import launch
+    seen = []
+
+    class Kernel:  # stands in for the Triton kernel: records who launched it
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: seen.append(_package_frames())
+
+    monkeypatch.setattr(launch, "FAST", False)  # a fake kernel cannot be compiled: Triton's own path
+    monkeypatch.setattr(cf._fprop_launcher, "kernel", Kernel())
+    m = ak.FusedAdjoinedConv2d(8, 8, 3, padding=1, alpha=2, backend="triton")
+    m(torch.randn(2, 8, 5, 5), torch.randn(2, 4, 5, 5))
+    assert seen == [["ops/conv/triton/fprop.py:fprop", "ops/conv/contract.py:forward",
+                     "ops/conv/__init__.py:adjoined_conv2d", "nn/conv.py:forward"]]
+
+
+def test_module_reaches_the_cuda_kernel_through_four_frames(monkeypatch):
+    """The same budget on the CUDA backend: forward -> adjoined_conv2d -> AdjoinedConv.forward -> cuda.fprop,
+    which calls the C++ op (here a recorder; the device check is bypassed for CPU tensors)."""
+    if "cuda" not in ak.available_backends():
+        pytest.skip("the CUDA extension is not built")
+    from adjoined_kernels.ops import conv
+    from adjoined_kernels.ops.conv import cuda
+    seen = []
+
+    def op(*inputs):
+        seen.append(_package_frames())
+        return R.fprop(*inputs)
+
+    monkeypatch.setattr(cuda, "OPS", cuda.OPS._replace(fprop=op))
+    conv._load("cuda")
+    monkeypatch.setattr(conv, "_resolve", lambda backend, device: "cuda")
+    m = ak.FusedAdjoinedConv2d(8, 8, 3, padding=1, alpha=2, backend="cuda")
+    m(torch.randn(2, 8, 5, 5), torch.randn(2, 4, 5, 5))
+    assert seen == [["ops/conv/cuda.py:fprop", "ops/conv/contract.py:forward", "ops/conv/__init__.py:adjoined_conv2d",
+                     "nn/conv.py:forward"]]
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton", "cuda", "cuda_emu"])
+def test_small_input_wider_than_output_uses_the_prefix_block(backend, device, fused):
+    """A block whose small input is wider than its output (c_in_s = 6 > c_out_s = 2 of C = 8): z_small and dW
+    come from W[:2, :6]. A suffix or mixed slice of the weight (W[-2:, -6:], W[:2, -6:]) gives other values."""
+    device = "cpu" if backend == "cuda_emu" else device
+    g = torch.Generator().manual_seed(3)
+    w64 = torch.randn(8, 8, 3, 3, generator=g, dtype=torch.float64)
+    x64 = torch.randn(2, 6, 5, 5, generator=g, dtype=torch.float64)
+    dz64 = torch.randn(2, 2, 5, 5, generator=g, dtype=torch.float64)
+    want = torch.nn.functional.conv2d(x64, w64[:2, :6], padding=1)
+    want_dw = torch.zeros_like(w64)
+    want_dw[:2, :6] = torch.nn.grad.conv2d_weight(x64, (2, 6, 3, 3), dz64, padding=1)
+    for wrong in (w64[-2:, -6:], w64[:2, -6:], w64[-2:, :6]):
+        assert (torch.nn.functional.conv2d(x64, wrong, padding=1) - want).abs().max() > 0.1
+    w = w64.float().to(device).requires_grad_()
+    xf = torch.zeros(2, 8, 5, 5, device=device)
+    with no_tf32():
+        if backend == "reference":
+            zf, zs = ak.adjoined_conv2d(xf, x64.float().to(device), w, padding=1, small_out_channels=2,
+                                        backend="reference")
+        else:
+            zf, zs = run(fused(backend)[0], xf, x64.float().to(device), w, None, (1, 1), (1, 1), (1, 1), 2)
+        zs.backward(dz64.float().to(device))
+    torch.testing.assert_close(zs.double().cpu(), want, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(w.grad.double().cpu(), want_dw, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_requested_backend_that_is_unavailable_raises(backend, monkeypatch):
+    """No silent fallback: a backend asked for by name that cannot run raises RuntimeError saying why, for the
+    function and the module alike."""
+    status = "_triton_status" if backend == "triton" else "_cuda_status"
+    monkeypatch.setattr(ak._backend, status, lambda: "pretend it is not installed")
+    xf, xs, w, b, sc = _op_args("cpu")
+    with pytest.raises(RuntimeError, match=f"backend='{backend}' is unavailable: pretend it is not installed"):
+        ak.adjoined_conv2d(xf, xs, w, b, padding=1, small_out_channels=4, backend=backend)
+    m = ak.FusedAdjoinedConv2d(6, 8, 3, padding=1, small_in_channels=3, small_out_channels=4, backend=backend)
+    with pytest.raises(RuntimeError, match="unavailable"):
+        m(xf, xs)
+    assert "cuda" not in ak.available_backends() or backend == "triton"
+
+
+def test_validation_cache_key_holds_every_field():
+    """A call that passed validation is remembered by sizes, dtypes, devices and conv arguments; a call that
+    differs in any one of them must be checked again (and fail when it is wrong)."""
+    from adjoined_kernels.ops import conv
+    xf, xs, w, b, sc = _op_args("cpu")
+    conv._VALID.clear()
+    ak.adjoined_conv2d(xf, xs, w, b, padding=1, small_out_channels=4, small_scale=sc, backend="reference")
+    bad = {
+        "shape": dict(args=(xf, torch.randn(1, 7, 4, 6), w, b), kw={}),
+        "dtype": dict(args=(xf, xs.double(), w, b), kw={}),
+        "bias": dict(args=(xf, xs, w, b[:5]), kw={}),
+        "small_scale": dict(args=(xf, xs, w, b), kw=dict(small_scale=sc[:3])),
+        "padding": dict(args=(xf, xs, w, b), kw=dict(padding=-1)),
+        "small_out_channels": dict(args=(xf, xs, w, b), kw=dict(small_out_channels=9)),
+    }
+    for field, case in bad.items():
+        kw = dict(padding=1, small_out_channels=4, small_scale=sc, backend="reference") | case["kw"]
+        with pytest.raises((ValueError, TypeError)):
+            ak.adjoined_conv2d(*case["args"], **kw)

@@ -1,69 +1,23 @@
-"""Helpers shared by the fused adjoined-convolution passes (conv_fprop / conv_dgrad / conv_wgrad).
+"""GEMM configuration shared by the Triton conv passes (fprop.py, dgrad.py, wgrad.py).
 
-Host side: output sizes, layout handling, dot precision, autotune config spaces (pruned to one config
-under the Triton interpreter, DESIGN §4). Device side: the GROUP_M tile swizzle.
+Host side: dot precision and the autotune config spaces (pruned to one config under the Triton interpreter,
+docs/kernels.md, "Testing without a GPU"). Device side: the GROUP_M tile swizzle and scalar selects.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 
 import torch
 import triton
 import triton.language as tl
 
-from .._backend import triton_interpreting
+from ...._backend import triton_interpreting
 
-# Read once at import: TRITON_INTERPRET must be set before the kernels are defined anyway (DESIGN §4).
+# Read once at import: TRITON_INTERPRET must be set before the kernels are defined anyway.
 INTERPRET = triton_interpreting()
 
 # The interpreter computes bf16 arithmetic on raw bits, so every operand is upcast to fp32 there.
 UPCAST = INTERPRET
-
-
-def cdiv(a: int, b: int) -> int:
-    """ceil(a / b) of host ints. ``triton.cdiv`` is a constexpr_function: microseconds per call on a launch
-    path that calls it ~25 times per training step."""
-    return -(-a // b)
-
-
-def conv_out_size(size: int, k: int, stride: int, pad: int, dil: int) -> int:
-    """Output length of a 1-D convolution, as in ``torch.nn.functional.conv2d``."""
-    return (size + 2 * pad - dil * (k - 1) - 1) // stride + 1
-
-
-def channels_last(x: torch.Tensor) -> torch.Tensor:
-    """NHWC-strided view or copy of a 4-D tensor (no copy when it already is)."""
-    return x.contiguous(memory_format=torch.channels_last)
-
-
-def is_channels_last(x: torch.Tensor) -> bool:
-    """Whether ``x`` is channels_last-like, following the rule F.conv2d uses to pick its output format.
-
-    A tensor that is contiguous in the NCHW sense counts as NCHW (ties go to NCHW, as in PyTorch).
-    """
-    if x.is_contiguous():
-        return False
-    if x.is_contiguous(memory_format=torch.channels_last):
-        return True
-    return x.stride(1) < x.stride(3)
-
-
-def restore_format(out: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """Return the channels_last ``out`` in the memory format of ``like``."""
-    if is_channels_last(like):
-        return out
-    return out.contiguous()
-
-
-def on_device(t: torch.Tensor):
-    """Context making ``t``'s GPU current: Triton launches on the current device, not the tensor's."""
-    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
-
-
-def dense(v):
-    """A 1-D parameter (bias, small_scale) with unit stride, as the kernels index it; None stays None."""
-    return None if v is None else v.contiguous()
 
 
 def dot_precision(dtype: torch.dtype) -> str:
@@ -71,23 +25,6 @@ def dot_precision(dtype: torch.dtype) -> str:
     if dtype == torch.float32 and not torch.backends.cudnn.allow_tf32:
         return "ieee"
     return "tf32"
-
-
-def nhwc_strides(x: torch.Tensor) -> tuple[int, int, int, int]:
-    """Strides of a ``[N, C, H, W]`` tensor in (n, h, w, c) order, the order the kernels take."""
-    return nhwc_order(x.stride())
-
-
-def nhwc_order(strides) -> tuple[int, int, int, int]:
-    """``[N, C, H, W]`` strides in (n, h, w, c) order."""
-    sn, sc, sh, sw = strides
-    return sn, sh, sw, sc
-
-
-def cl_strides(shape) -> tuple[int, ...]:
-    """The strides ``torch.empty(shape, memory_format=torch.channels_last)`` gets (PyTorch's own rule, on
-    the meta device), so a launch plan can hold them before the output exists."""
-    return torch.empty(shape, device="meta", memory_format=torch.channels_last).stride()
 
 
 # Launch plans memoised per launcher: one per distinct layer geometry (a model has tens).
@@ -105,7 +42,7 @@ CACHE_TUNING = True
 
 def configs(space, interp):
     """The autotune space on a GPU (``UNTUNED`` alone when ADJOINED_TRITON_AUTOTUNE=0); the single config
-    ``interp`` under the interpreter (DESIGN §4)."""
+    ``interp`` under the interpreter."""
     if INTERPRET:
         return [triton.Config(interp, num_warps=4, num_stages=1)]
     space = space if AUTOTUNE else [UNTUNED]

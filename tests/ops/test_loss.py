@@ -1,8 +1,9 @@
-"""Adjoined loss (DESIGN §1, seeds/000 Def. 1, Eq. 3): the reference against independent float64 maths, and
-the fused Triton kernel (backend="triton") against the float64 reference.
+"""Adjoined loss (docs/maths.md, section 3; "Adjoined Networks", Def. 1, Eq. 3): the reference against
+independent float64 maths, and every fused backend (triton; cuda on a GPU) against the float64 reference.
 
 On CPU the kernels run in the Triton interpreter, so shapes stay tiny; tests at realistic sizes need a GPU.
 """
+import importlib
 import math
 
 import pytest
@@ -10,9 +11,13 @@ import torch
 import torch.nn.functional as F
 
 import adjoined_kernels as ak
-from adjoined_kernels.ops import adjoined_loss as loss_mod
-from adjoined_kernels.ops.adjoined_loss import (adjoined_loss, adjoined_loss_fwd, adjoined_loss_fwd_inplace,
-                                                adjoined_loss_ref, adjoined_loss_triton)
+from adjoined_kernels.ops.loss import _fused_args, adjoined_loss, adjoined_loss_ref, lam_tensor
+
+pytest.importorskip("triton", reason="triton is not installed")
+from adjoined_kernels.ops.loss import triton as loss_mod  # noqa: E402
+
+adjoined_loss_triton = loss_mod.adjoined_loss_triton
+adjoined_loss_fwd_inplace = loss_mod.adjoined_loss_fwd_inplace
 
 # eps == 0 computes log p - log q on padding lanes (-inf - -inf); the result is masked, numpy still warns.
 pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
@@ -67,12 +72,28 @@ def _check(got, ref64, lowp_ref, dtype):
             assert _err(k, r) <= bound, (name, _err(k, r), _err(t, r), top)
 
 
-def _compare(lf, ls, t, lam, go, **kw):
-    """Triton vs the float64 reference (and, in low precision, the torch reference on the same inputs)."""
+def _fused(backend, fused=None):
+    """The loss on ``backend`` (``fused``: the fixture of tests/ops/conftest.py), skipping the test where that
+    backend cannot run."""
+    if backend == "triton":
+        return adjoined_loss_triton
+    op = fused(backend)[1]
+    if backend == "cuda":
+        return lambda *a, **kw: adjoined_loss(*a, **kw, backend=backend)
+
+    def emulated(lf, ls, t, lam, eps=1e-6, temperature=1.0, reduction="mean", ignore_index=IGNORE,
+                 detach_full=False):
+        return op(*_fused_args(lf, ls, t, lam, eps, temperature, reduction, ignore_index, detach_full))[0]
+    return emulated
+
+
+def _compare(lf, ls, t, lam, go, backend="triton", fused=None, **kw):
+    """A fused backend vs the float64 reference (and, in low precision, the torch reference on the same inputs).
+    The Triton knobs (max_block, count_inline_max, inplace) apply to triton only."""
     knobs = {k: kw.pop(k) for k in ("max_block", "count_inline_max", "inplace") if k in kw}
     ref64 = _run(adjoined_loss_ref, lf.double(), ls.double(), t, _f64(lam), go.double(), **kw)
     lowp = _run(adjoined_loss_ref, lf, ls, t, lam, go, **kw)
-    got = _run(adjoined_loss_triton, lf, ls, t, lam, go, **kw, **knobs)
+    got = _run(_fused(backend, fused), lf, ls, t, lam, go, **kw, **(knobs if backend == "triton" else {}))
     assert got[0].dtype == lf.dtype and got[1].dtype == lf.dtype and got[2].dtype == lf.dtype
     assert got[0].shape == ref64[0].shape
     _check(got, ref64, lowp, lf.dtype)
@@ -80,7 +101,7 @@ def _compare(lf, ls, t, lam, go, **kw):
 
 # ------------------------------------------------------------------- reference vs independent float64 maths
 def _explicit_grads(lf, ls, t, lam, eps, T, reduction, ignore_index, detach_full, go):
-    """DESIGN §1 gradient formulas, written out in float64."""
+    """The gradient formulas of docs/maths.md (section 3, "Gradient"), written out in float64."""
     B, C = lf.shape
     valid = (t != ignore_index).double()
     onehot = F.one_hot(t.clamp(0, C - 1), C).double() * valid[:, None]
@@ -150,11 +171,24 @@ def test_reference_all_ignored_mean_has_no_ce():
 @pytest.mark.parametrize("T", [1.0, 4.0])
 @pytest.mark.parametrize("eps", [0.0, 1e-6])
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
-def test_triton_matches_reference(device, reduction, eps, T, path, dtype):
+@pytest.mark.parametrize("backend", ["triton", "cuda", "cuda_emu"])
+def test_fused_matches_reference(device, backend, reduction, eps, T, path, dtype, fused):
+    if backend != "triton" and path == "chunked":
+        pytest.skip("the chunked path is the Triton kernel's; the CUDA kernel's paths are tested by row length")
+    device = "cpu" if backend == "cuda_emu" else device
     lf, ls, t = _inputs(4, 37, dtype, device, seed=7, ignored=(1,))
     go = _grad_out(reduction, 4, dtype, device)
     max_block = 16 if path == "chunked" else 8192  # C=37: three chunks of 16, the last one partial
-    _compare(lf, ls, t, 0.7, go, eps=eps, temperature=T, reduction=reduction, max_block=max_block)
+    _compare(lf, ls, t, 0.7, go, backend, fused, eps=eps, temperature=T, reduction=reduction, max_block=max_block)
+
+
+@pytest.mark.parametrize("C", [3000, 5000])
+@pytest.mark.parametrize("eps", [0.0, 1e-6])
+def test_cuda_kernel_long_rows_emulated(C, eps, fused):
+    """The CUDA loss kernel's block-per-row path (rows over 2048 classes), through its CPU emulation."""
+    lf, ls, t = _inputs(2, C, torch.float32, "cpu", seed=C, ignored=(1,))
+    _compare(lf, ls, t, 0.4, _grad_out("none", 2, torch.float32, "cpu"), "cuda_emu", fused, eps=eps, temperature=2.0,
+             reduction="none")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -262,11 +296,13 @@ def test_triton_without_grad_skips_the_gradients(device, eps, path):
         loss = adjoined_loss_triton(lf, ls, t, 0.6, eps=eps, temperature=2.0, max_block=max_block)
     ref = adjoined_loss_ref(lf.double(), ls.double(), t, 0.6, eps=eps, temperature=2.0)
     assert _err(loss, ref) <= 2 * _err(adjoined_loss_ref(lf, ls, t, 0.6, eps=eps, temperature=2.0), ref) + 1e-2
-    out = adjoined_loss_fwd(lf, ls, t, None, 0.6, eps, 2.0, "mean", IGNORE, False, False, max_block)
+    lam = lam_tensor(0.6, lf)
+    with loss_mod.knobs(max_block):
+        out = loss_mod.OP(lf, ls, t, lam, eps, 2.0, 2, IGNORE, False, False)
     assert out[0].item() == loss.item() and out[1].shape == (0,) and out[2].shape == (0,)
     a = lf.clone().requires_grad_()
     with pytest.raises(RuntimeError, match="compute_grad=False"):
-        adjoined_loss_fwd(a, ls, t, None, 0.6, eps, 2.0, "mean", IGNORE, False, False)[0].backward()
+        loss_mod.OP(a, ls, t, lam, eps, 2.0, 2, IGNORE, False, False)[0].backward()
 
 
 def test_triton_single_class_and_single_row(device):
@@ -367,20 +403,22 @@ def test_bad_inputs_raise(device, backend):
 
 def test_opcheck_functional_op(device):
     lf, ls, t = _inputs(3, 11, torch.float32, device)
-    lam_t = torch.tensor(0.5, device=device)
-    cases = ((lam_t, 1e-6, "mean", True, 8192), (None, 0.0, "none", True, 4), (None, 1e-6, "sum", True, 4),
-             (lam_t, 1e-6, "none", False, 8192))
-    for lam_tensor, eps, reduction, grad, max_block in cases:
-        args = (lf.clone().requires_grad_(grad), ls.clone().requires_grad_(grad), t, lam_tensor, 0.5, eps, 2.0,
-                reduction, IGNORE, False, grad, max_block)
-        torch.library.opcheck(adjoined_loss_fwd, args)
+    lam = torch.tensor(0.5, device=device)
+    cases = ((1e-6, 2, True, 8192), (0.0, 0, True, 4), (1e-6, 1, True, 4), (1e-6, 0, False, 8192))
+    for eps, reduction, grad, max_block in cases:
+        args = (lf.clone().requires_grad_(grad), ls.clone().requires_grad_(grad), t, lam, eps, 2.0, reduction,
+                IGNORE, False, grad)
+        with loss_mod.knobs(max_block):
+            torch.library.opcheck(loss_mod.OP.default, args)
 
 
 def test_opcheck_inplace_op(device):
     lf, ls, t = _inputs(3, 11, torch.float32, device)
-    for reduction, max_block in (("mean", 8192), ("none", 4)):
-        args = (lf.clone(), ls.clone(), t, None, 0.5, 1e-6, 1.0, reduction, IGNORE, True, True, max_block)
-        torch.library.opcheck(adjoined_loss_fwd_inplace, args)
+    for reduction, max_block in ((2, 8192), (0, 4)):
+        args = (lf.clone(), ls.clone(), t, torch.tensor(0.5, device=device), 1e-6, 1.0, reduction, IGNORE, True,
+                True)
+        with loss_mod.knobs(max_block):
+            torch.library.opcheck(adjoined_loss_fwd_inplace, args)
 
 
 @pytest.mark.parametrize("backend", ["reference", "triton"])
@@ -485,3 +523,70 @@ def test_sm90_register_path_unpacks_on_an_exact_zero(sm90_tool):
     proc = sm90_tool("loss_ptxas_report.py", "--check")
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert "CHECK: ok" in proc.stdout
+
+
+# ------------------------------------------------------------------------ contract, lambda, unavailable backends
+@pytest.mark.parametrize("backend", ["triton", "cuda", "cuda_emu"])
+def test_every_backend_registers_the_contracts_schema(backend, request):
+    from adjoined_kernels.ops.loss.schema import SCHEMA
+    ns = "adjoined"
+    if backend == "cuda_emu":
+        request.getfixturevalue("emu")
+        ns, backend = "adjoined_emu", "cuda"
+    elif backend not in ak.available_backends():
+        pytest.skip(f"backend={backend!r} is unavailable here")
+    else:
+        importlib.import_module(f"adjoined_kernels.ops.loss.{backend}")
+    schema = getattr(getattr(torch.ops, ns), f"{backend}_adjoined_loss_fwd").default._schema
+    assert str(schema) == f"{ns}::{backend}_adjoined_loss_fwd{SCHEMA}"
+
+
+def test_opcheck_emulated_cuda_op(fused):
+    op = fused("cuda_emu")[1]
+    lf, ls, t = _inputs(3, 11, torch.float32, "cpu")
+    for eps, reduction, grad in ((1e-6, 2, True), (0.0, 0, True), (1e-6, 1, False)):
+        args = (lf.clone().requires_grad_(grad), ls.clone().requires_grad_(grad), t, torch.tensor(0.5), eps, 2.0,
+                reduction, IGNORE, False, grad)
+        torch.library.opcheck(op.default, args)
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton", "cuda", "cuda_emu"])
+def test_lambda_reaches_the_loss_at_every_step(backend, device, fused):
+    """Over a training run's schedule lambda(t) (ak.lambda_schedule), the loss and both gradients that
+    ak.AdjoinedLoss gives at each step are those of CE + lambda(t) T^2 KL for that step's lambda: the loss
+    minus its lambda = 0 value is lambda(t) T^2 KL, and d/d logits_small is lambda(t) times its lambda = 1
+    value. A loss that dropped lambda, or froze it at one step's value, fails at the other steps."""
+    device = "cpu" if backend == "cuda_emu" else device
+    lf, ls, t = _inputs(6, 9, torch.float32, device, seed=4, ignored=(2,))
+    if backend == "reference":
+        loss_fn = ak.AdjoinedLoss(temperature=2.0, backend="reference")
+    elif backend == "triton":
+        loss_fn = ak.AdjoinedLoss(temperature=2.0, backend="triton")
+    else:
+        fn = _fused(backend, fused)
+        loss_fn = lambda a, b, y, lam: fn(a, b, y, lam, temperature=2.0)  # noqa: E731
+    ce = adjoined_loss_ref(lf.double(), ls.double(), t, 0.0, temperature=2.0).item()
+    kl = (adjoined_loss_ref(lf.double(), ls.double(), t, 1.0, temperature=2.0).item() - ce) / 4.0
+    _, _, gs_unit = _run(adjoined_loss_ref, lf.double(), ls.double(), t, 1.0, torch.tensor(1.0, dtype=torch.float64),
+                         temperature=2.0)
+    steps = 6
+    lams = [ak.lambda_schedule(step / (2 * (steps - 1)), "quadratic", 1.0) for step in range(steps)]  # to t = 0.5
+    assert len(set(lams)) == steps and lams[0] == 0.0
+    for step, lam in enumerate(lams):
+        as_tensor = step % 2 == 1  # the trainer may pass lambda(t) as a float or a 0-dim tensor
+        lam_arg = torch.tensor(lam, device=device) if as_tensor else lam
+        loss, _, gs = _run(loss_fn, lf, ls, t, lam_arg, torch.tensor(1.0, device=device))
+        assert abs(loss.item() - (ce + lam * 4.0 * kl)) <= 1e-4 * (1 + abs(ce)), (step, lam, loss.item())
+        torch.testing.assert_close(gs.double().cpu(), lam * gs_unit.cpu(), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_requested_backend_that_is_unavailable_raises(backend, monkeypatch):
+    """No silent fallback to the reference: the function and the module raise RuntimeError saying why."""
+    status = "_triton_status" if backend == "triton" else "_cuda_status"
+    monkeypatch.setattr(ak._backend, status, lambda: "pretend it is not installed")
+    lf, ls, t = _inputs(3, 5, torch.float32, "cpu")
+    with pytest.raises(RuntimeError, match=f"backend='{backend}' is unavailable: pretend it is not installed"):
+        adjoined_loss(lf, ls, t, 0.5, backend=backend)
+    with pytest.raises(RuntimeError, match="unavailable"):
+        ak.AdjoinedLoss(backend=backend)(lf, ls, t, 0.5)
