@@ -16,8 +16,9 @@ from test_train import make_idx_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 # lr 0.02 and 4 steps: differences stay at rounding level (at lr 0.15 training amplifies them to ~1e-2)
+# --save-every 1 (a checkpoint every step) changes nothing in the weights; the kill tests need it
 ARGS = ["--width", "8", "--no-progress", "--bench-runs", "0", "--no-onnx", "--threads", "1", "--device", "cpu",
-        "--epochs", "2", "--batch-size", "32", "--subset", "64", "--lr", "0.02"]
+        "--epochs", "2", "--batch-size", "32", "--subset", "96", "--lr", "0.02", "--save-every", "1"]
 
 
 @pytest.fixture(scope="module")
@@ -65,23 +66,27 @@ def _max_rel(a, b):
 
 
 @pytest.fixture(scope="module")
-def single(data, tmp_path_factory):
-    out = tmp_path_factory.mktemp("single")
-    _ok(_run(train_cmd(data, out, "--sync-bn")))
+def runs(data, tmp_path_factory):
+    """Uninterrupted runs with --sync-bn: {1: one process, 2: two gloo processes} -> (output dir, stdout)."""
+    out = {}
+    for nproc in (1, 2):
+        d = tmp_path_factory.mktemp(f"whole{nproc}")
+        out[nproc] = (d, _ok(_run(train_cmd(data, d, "--sync-bn", nproc=nproc))).stdout)
     return out
 
 
-def test_ddp_with_sync_bn_equals_one_process(data, single, tmp_path):
-    proc = _ok(_run(train_cmd(data, tmp_path, "--sync-bn", nproc=2)))
-    assert proc.stdout.count("epoch   1 ") == 1, "rank 0 alone logs"
-    la, lb = _losses(single), _losses(tmp_path)
+def test_ddp_with_sync_bn_equals_one_process(runs):
+    (single, _), (ddp, stdout) = runs[1], runs[2]
+    assert stdout.count("epoch   1 ") == 1, "rank 0 alone logs"
+    la, lb = _losses(single), _losses(ddp)
     assert len(la) == len(lb) == 2
     assert max(abs(a - b) / abs(a) for a, b in zip(la, lb)) < 1e-5, (la, lb)
-    assert _max_rel(_model(single), _model(tmp_path)) < 1e-4
-    assert (tmp_path / "small.pt").exists() and (tmp_path / "summary.json").exists()
+    assert _max_rel(_model(single), _model(ddp)) < 1e-4
+    assert (ddp / "small.pt").exists() and (ddp / "summary.json").exists()
 
 
-def test_ddp_without_sync_bn_trains_and_stays_close(data, single, tmp_path):
+def test_ddp_without_sync_bn_trains_and_stays_close(data, runs, tmp_path):
+    single = runs[1][0]
     _ok(_run(train_cmd(data, tmp_path, nproc=2)))
     la, lb = _losses(single), _losses(tmp_path)
     assert all(abs(a - b) / a < 0.1 for a, b in zip(la, lb)), (la, lb)
@@ -122,12 +127,10 @@ KILLER = textwrap.dedent("""
 
 
 @pytest.mark.parametrize("nproc", [1, 2])
-def test_sigkill_mid_epoch_then_resume_is_bitwise(data, tmp_path, nproc):
-    extra = ["--save-every", "1", "--subset", "96"] + (["--sync-bn"] if nproc == 2 else [])
-    _ok(_run(train_cmd(data, tmp_path / "whole", *extra, nproc=nproc)))
+def test_sigkill_mid_epoch_then_resume_is_bitwise(data, runs, tmp_path, nproc):
     killer = tmp_path / "killer.py"
     killer.write_text(KILLER)
-    args = ["--data-dir", str(data), *ARGS, "--out", str(tmp_path / "cut"), *extra]
+    args = ["--data-dir", str(data), *ARGS, "--sync-bn", "--out", str(tmp_path / "cut")]
     cmd = [sys.executable, str(killer), *args] if nproc == 1 else torchrun(str(killer), *args, nproc=nproc)
     proc = _run(cmd)
     assert proc.returncode != 0, "the run must have been killed"
@@ -135,7 +138,8 @@ def test_sigkill_mid_epoch_then_resume_is_bitwise(data, tmp_path, nproc):
         assert proc.returncode == -signal.SIGKILL
     ck = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=False)
     assert (ck["epoch"], ck["epoch_step"]) == (1, 1) and not (tmp_path / "cut" / "summary.json").exists()
-    _ok(_run(train_cmd(data, tmp_path / "cut", *extra, "--resume", nproc=nproc)))
-    a, b = _model(tmp_path / "whole"), _model(tmp_path / "cut")
+    _ok(_run(train_cmd(data, tmp_path / "cut", "--sync-bn", "--resume", nproc=nproc)))
+    whole = runs[nproc][0]
+    a, b = _model(whole), _model(tmp_path / "cut")
     assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:5]
-    assert _losses(tmp_path / "whole") == _losses(tmp_path / "cut")
+    assert _losses(whole) == _losses(tmp_path / "cut")
