@@ -128,7 +128,9 @@ def test_teacher_errors(data, teacher, tmp_path, capsys):
 # ------------------------------------------------------------------------------------------------ KDDP
 
 def tiny_ds(x):
-    return types.SimpleNamespace(x_train=x, mean=(0.3,), std=(0.3,))
+    from adjoined_kernels.train.data import Dataset
+    y = torch.zeros(len(x), dtype=torch.int64)
+    return Dataset("tiny", x, y, x, y, 10, (0.3,), (0.3,), 0, False, "")
 
 
 @pytest.mark.parametrize("student", ["paper", "resnet"])

@@ -8,6 +8,7 @@ import yaml
 
 from adjoined_kernels.train import cli
 from adjoined_kernels.train.config import ConfigError, dump_config, load_config, parse_args
+from adjoined_kernels.train.validate import check_args
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPES = sorted(glob.glob(os.path.join(ROOT, "python", "recipes", "*.yaml")))
@@ -81,7 +82,7 @@ def test_search_parser_rejects_train_only_keys(tmp_path):
 def test_recipes_are_valid(path):
     parser = cli.build_parser()
     a = parse_args(parser, ["--config", path])
-    assert cli._validate(a, parser) is None
+    assert check_args(a) is None
     assert yaml.safe_load(dump_config(parser, a))["arch"] == a.arch
 
 

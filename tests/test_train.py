@@ -83,20 +83,22 @@ def test_subset(idx_dir):
     assert len(ds.x_train) == 50 and len(ds.x_test) == 50
 
 
-def test_augment_crop_flip_deterministic():
+def test_augment_crop_flip_per_sample_seed():
     x = torch.randint(0, 255, (6, 3, 12, 12), dtype=torch.uint8)
-    a = augment(x, 2, False, torch.Generator().manual_seed(5))
-    g = torch.Generator().manual_seed(5)
-    oy, ox = torch.randint(0, 5, (6,), generator=g), torch.randint(0, 5, (6,), generator=g)
+    seeds = torch.randint(0, 2 ** 62, (6,), generator=torch.Generator().manual_seed(5))
+    a = augment(x, 2, False, seeds)
+    oy, ox = seeds % 5, (seeds // 5) % 5
     xp = torch.nn.functional.pad(x, (2, 2, 2, 2))
     for i in range(6):
         assert torch.equal(a[i], xp[i, :, oy[i]:oy[i] + 12, ox[i]:ox[i] + 12])
     assert a.stride() == (3 * 144, 144, 12, 1)  # plain NCHW
-    f1 = augment(x, 0, True, torch.Generator().manual_seed(1))
-    f2 = augment(x, 0, True, torch.Generator().manual_seed(1))
-    assert torch.equal(f1, f2)
-    assert all(torch.equal(f1[i], x[i]) or torch.equal(f1[i], x[i].flip(-1)) for i in range(6))
-    one = augment(x[:, :1], 2, True, torch.Generator())
+    assert len({(int(u), int(v)) for u, v in zip(oy, ox)}) > 1, "offsets must vary between samples"
+    f = augment(x, 0, True, seeds)
+    flipped = [torch.equal(f[i], x[i].flip(-1)) for i in range(6)]
+    assert all(flipped[i] or torch.equal(f[i], x[i]) for i in range(6)) and 0 < sum(flipped) < 6
+    # an image's augmentation depends on its seed alone, not on the rest of its batch
+    assert torch.equal(augment(x[2:4], 2, True, seeds[2:4]), augment(x, 2, True, seeds)[2:4])
+    one = augment(x[:, :1], 2, True, seeds)
     assert one.stride() == (144, 144, 12, 1)  # one channel: still NCHW strides, not channels-last
 
 
@@ -124,21 +126,43 @@ def test_cifar_pickle_dirs(tmp_path):
         load_dataset("cifar100", str(root100))
 
 
-def test_imagefolder(tmp_path):
+def make_imagefolder(root, sizes=(("train", 3), ("val", 2)), classes=("cat", "dog")):
     from PIL import Image
     rng = np.random.default_rng(0)
-    for split, n in (("train", 3), ("val", 2)):
-        for cls in ("cat", "dog"):
-            (tmp_path / split / cls).mkdir(parents=True)
+    for split, n in sizes:
+        for cls in classes:
+            (root / split / cls).mkdir(parents=True)
             for i in range(n):
                 arr = rng.integers(0, 255, (20 + i, 30, 3), dtype=np.uint8)
-                Image.fromarray(arr).save(tmp_path / split / cls / f"{i}.png")
+                Image.fromarray(arr).save(root / split / cls / f"{i}.png")
+    return root
+
+
+def test_imagefolder_streams_with_the_reference_transforms(tmp_path):
+    from adjoined_kernels.train.loader import EpochBatches, ShardBatches, make_loader
+    make_imagefolder(tmp_path)
     ds = load_dataset("imagefolder", str(tmp_path), image_size=16)
-    assert ds.x_train.shape == (6, 3, 16, 16) and ds.x_test.shape == (4, 3, 16, 16)
-    assert ds.num_classes == 2 and ds.y_train.tolist() == [0, 0, 0, 1, 1, 1]
-    assert ds.x_train.stride() == (768, 256, 16, 1)
+    assert (ds.size("train"), ds.size("test"), ds.sample_shape, ds.num_classes) == (6, 4, (3, 16, 16), 2)
+    x, y = ds.take(torch.arange(6))
+    assert x.shape == (6, 3, 16, 16) and x.dtype == torch.uint8 and y.tolist() == [0, 0, 0, 1, 1, 1]
+    assert torch.equal(ds.take(torch.arange(6))[0], x), "the evaluation transform is deterministic"
+    sampler = EpochBatches(6, 3, seed=0)
+    sampler.set_epoch(0)
+    aug = [b for b in make_loader(ds.split("train", True), sampler, 0, False)]
+    assert [b[0].shape for b in aug] == [(3, 3, 16, 16)] * 2
+    assert not torch.equal(torch.cat([b[0] for b in aug]), x[torch.cat([torch.tensor([i for i, _ in b])
+                                                                         for b in sampler])])
+    sampler.set_epoch(0)
+    two = [b for b in make_loader(ds.split("train", True), sampler, 2, False)]  # seeded per sample, any worker
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(aug, two))
+    test = [b for b in make_loader(ds.split("test"), ShardBatches(4, 3), 0, False)]
+    assert [b[1].tolist() for b in test] == [[0, 0, 1], [1]]
     (tmp_path / "val" / "dog" / "bad.jpg").write_bytes(b"garbage")
+    ds = load_dataset("imagefolder", str(tmp_path), image_size=16)  # indexing decodes nothing
     with pytest.raises(DataError, match="bad.jpg"):
+        list(make_loader(ds.split("test"), ShardBatches(5, 5), 0, False))
+    (tmp_path / "val" / "fox").mkdir()
+    with pytest.raises(DataError, match="'fox'.*not among the train classes"):
         load_dataset("imagefolder", str(tmp_path), image_size=16)
 
 
@@ -207,7 +231,7 @@ def test_smoke_outputs(smoke_run):
     assert s["onnx_max_rel_err"] < 1e-4
     ck = torch.load(out / "checkpoint.pt", weights_only=False)
     assert ck["epoch"] == 2 and ck["global_step"] == 2 * spe
-    assert {"torch", "python", "data"} <= set(ck["rng"])
+    assert {"torch", "python"} <= set(ck["rng"]) and ck["epoch_step"] == 0 and ck["partial"] is None
 
 
 def test_onnx_matches_onnxruntime_and_small_branch(smoke_run, idx_dir):
@@ -275,11 +299,11 @@ def test_resume_is_exact_on_gpu_with_deterministic(idx_dir, tmp_path, device):
         assert torch.equal(a[k], b[k]), k
 
 
-def test_prefetch_thread_changes_nothing(idx_dir, tmp_path):
+def test_loader_workers_change_nothing(idx_dir, tmp_path):
     args = ["--data-dir", str(idx_dir), "--subset", "64", "--epochs", "1", "--no-onnx", *FAST, "--bench-runs", "0",
-            "--device", "cpu"]  # bitwise: on a GPU cudnn.benchmark may pick other algorithms per run
+            "--device", "cpu", "--augment", "on"]  # bitwise: on a GPU cudnn.benchmark may pick other algorithms
     assert cli.main([*args, "--out", str(tmp_path / "a")]) == 0
-    assert cli.main([*args, "--out", str(tmp_path / "b"), "--workers", "1"]) == 0
+    assert cli.main([*args, "--out", str(tmp_path / "b"), "--workers", "2"]) == 0
     a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)["model"]
     b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)

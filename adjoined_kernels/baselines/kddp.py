@@ -94,9 +94,9 @@ def mean_fc1_activations(student: nn.Module, ds, device, batch_size: int = 500) 
     student.eval()
     fc1 = student.fc.fc1
     total = torch.zeros(fc1.out_features, dtype=torch.float64, device=device)
-    n = len(ds.x_train)
+    n = ds.size("train")
     for i in range(0, n, batch_size):
-        x = normalize(ds.x_train[i:i + batch_size].to(device), ds.mean, ds.std)
+        x = normalize(ds.take(torch.arange(i, min(i + batch_size, n)))[0].to(device), ds.mean, ds.std)
         with capture(fc1) as act:
             student(x)
         total += F.relu(act[0]).double().sum(0)

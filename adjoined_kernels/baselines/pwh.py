@@ -72,8 +72,9 @@ def interpolate(full: dict, target: dict, i: int, iters: int) -> dict:
 
 def sample_images(ds, n: int, seed: int, device, skip: int = 0):
     """``n`` training images (normalised) and labels, a seeded random sample (after the first ``skip``)."""
-    order = torch.randperm(len(ds.x_train), generator=torch.Generator().manual_seed(seed))[skip:skip + n]
-    return normalize(ds.x_train[order].to(device), ds.mean, ds.std), ds.y_train[order].to(device)
+    order = torch.randperm(ds.size("train"), generator=torch.Generator().manual_seed(seed))[skip:skip + n]
+    x, y = ds.take(order)
+    return normalize(x.to(device), ds.mean, ds.std), y.to(device)
 
 
 def taylor_importance(net: PlainResNet, x, y, batch_size: int) -> dict:

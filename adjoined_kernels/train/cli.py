@@ -9,12 +9,16 @@ Outputs in ``--out``: metrics.jsonl (one line per epoch), checkpoint.pt (every e
 curves.png, small.onnx + small.pt (full.onnx + full.pt for ``--method standard``). ``adjoined-search``
 writes metrics.jsonl, checkpoint.pt, arch.json and search.png.
 
-Exit codes: 0 done, 1 ``--check`` found a mismatch, 2 bad arguments or a missing/malformed dataset.
+Under ``torchrun --nproc-per-node K`` the run is data-parallel (:mod:`.distributed`): ``--batch-size`` is the
+global batch, rank 0 writes every file.
+
+Exit codes: 0 done, 1 ``--check`` found a mismatch, 2 bad arguments or a missing/malformed dataset, 3 the
+loss or a gradient became non-finite (nothing non-finite was saved).
 """
 from __future__ import annotations
 
 import argparse
-import math
+import contextlib
 import os
 import sys
 import time
@@ -61,7 +65,8 @@ def build_parser(search: bool = False) -> argparse.ArgumentParser:
     g.add_argument("--data-dir", default=d["data_dir"],
                    help="dataset directory (default for fashion-mnist: /usr/share/datasets/fashion-mnist)")
     g.add_argument("--image-size", type=int, default=d["image_size"],
-                   help="imagefolder only: images are resized to this square size (default 64)")
+                   help="imagefolder only: the square crop the network sees (RandomResizedCrop for training, "
+                        "resize to size/0.875 and centre crop for evaluation; default 64, ImageNet uses 224)")
     g.add_argument("--subset", type=int, default=None, metavar="N",
                    help="use only N train and N test images (smoke tests)")
     g.add_argument("--augment", choices=["auto", "on", "off"], default=d["augment"],
@@ -71,7 +76,8 @@ def build_parser(search: bool = False) -> argparse.ArgumentParser:
     g.add_argument("--no-augment", dest="augment", action="store_const", const="off",
                    default=argparse.SUPPRESS, help="same as --augment off")
     g.add_argument("--workers", type=int, default=d["workers"],
-                   help="> 0: prepare batches (crop, flip) in a background thread")
+                   help="DataLoader worker processes that read, decode and augment batches (0: in this process). "
+                        "Use 4-8 per GPU for imagefolder; the in-memory datasets need none")
     g = p.add_argument_group("model")
     if search:
         g.add_argument("--arch", choices=ARCHS, default=d["arch"])
@@ -136,6 +142,14 @@ def build_parser(search: bool = False) -> argparse.ArgumentParser:
     g.add_argument("--out", default=d["out"], help="output directory")
     g.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CKPT",
                    help="continue from OUT/checkpoint.pt (or CKPT) with the same arguments")
+    g.add_argument("--save-every", type=int, default=0, metavar="N",
+                   help="also checkpoint every N training steps inside an epoch (0: at epoch ends only); "
+                        "--resume continues from the next step with the same final weights")
+    g.add_argument("--sync-bn", action="store_true",
+                   help="under torchrun: batch-norm statistics over the global batch (SyncBatchNorm, both branches)")
+    g.add_argument("--detect-anomaly", action="store_true",
+                   help="debug a NaN: check every layer's output and run autograd's anomaly mode (slow); the "
+                        "error names the first layer that produced a non-finite value")
     g.add_argument("--stop-after", type=int, default=None, metavar="K",
                    help="stop after K epochs of this run (the schedule still spans --epochs); --resume continues")
     g.add_argument("--no-onnx", action="store_true", help="do not export ONNX")
@@ -204,59 +218,6 @@ def fail(msg: str, prog: str = "adjoined-train") -> int:
     return 2
 
 
-def _validate(args, parser) -> str | None:
-    if args.bench_runs < 0:
-        return "--bench-runs must be >= 0"
-    for k in ("epochs", "batch_size", "width", "alpha", "eval_batch_size", "check_batch"):
-        if getattr(args, k) < 1:
-            return f"--{k.replace('_', '-')} must be >= 1, got {getattr(args, k)}"
-    if args.subset is not None and args.subset < 2:
-        return f"--subset must be >= 2, got {args.subset}"
-    if args.lr <= 0 or args.temperature <= 0:
-        return "--lr and --temperature must be > 0"
-    if args.workers < 0 or args.threads < 0:
-        return "--workers and --threads must be >= 0"
-    tv = args.arch.startswith("tv:")
-    if tv and getattr(args, "arch_json", None):
-        return "--arch-json holds searched widths of an adjoined ResNet; it does not apply to tv: models"
-    if not tv and (getattr(args, "adjoin_start", None) or getattr(args, "pretrained", None)):
-        return "--adjoin-start and --pretrained apply to tv: models only"
-    if args.method in ("kd", "kddp", "pwh"):
-        return _validate_baseline(args, tv)
-    return _validate_search(args) if args.method == "search" else None
-
-
-def _validate_baseline(args, tv: bool) -> str | None:
-    if tv or args.arch_json:
-        return (f"--method {args.method} distils the built-in ResNets at a uniform --alpha (no tv: models, no "
-                "--arch-json)")
-    if not 0 <= args.kd_alpha <= 1:
-        return f"--kd-alpha must be in [0, 1], got {args.kd_alpha}"
-    if args.kddp_fc1 < 1 or args.pwh_iters < 1 or args.pwh_samples < 1:
-        return "--kddp-fc1, --pwh-iters and --pwh-samples must be >= 1"
-    if not (0 <= args.kddp_l1 < math.inf and 0 <= args.hints_weight < math.inf):
-        return "--kddp-l1 and --hints-weight must be finite and >= 0"
-    phases = {"kddp": 2, "pwh": args.pwh_iters + 1}.get(args.method, 1)
-    if args.epochs < phases:
-        return f"--method {args.method} trains in {phases} phases: --epochs must be >= {phases}, got {args.epochs}"
-    return None
-
-
-def _validate_search(args) -> str | None:
-    a = args.search_alphas
-    if min(a) < 1 or len(set(a)) != len(a):
-        return f"--search-alphas must be distinct integers >= 1, got {a}"
-    if not args.flops_weight >= 0 or not math.isfinite(args.flops_weight):
-        return f"--flops-weight must be a finite number >= 0, got {args.flops_weight}"
-    if args.flops_target is not None and not 0 < args.flops_target <= 1:
-        return f"--flops-target must be a fraction of the full network's FLOPs in (0, 1], got {args.flops_target}"
-    if not 0 < args.tau0 < math.inf or not 0 <= args.tau_decay < math.inf or not 0 < args.arch_lr < math.inf:
-        return "--tau0 and --arch-lr must be finite and > 0, --tau-decay finite and >= 0"
-    if args.cuda_graphs or args.check:
-        return "--cuda-graphs and --check are not supported by adjoined-search"
-    return None
-
-
 def main(argv=None, search: bool = False) -> int:
     from .config import ConfigError, dump_config, parse_args
     parser = build_parser(search)
@@ -267,7 +228,10 @@ def main(argv=None, search: bool = False) -> int:
     if args.print_config:
         print(dump_config(parser, args), end="")
         return 0
-    msg = _validate(args, parser)
+    from . import distributed
+    from .validate import check_args
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    msg = check_args(args, world_size) or _missing_extras()
     if msg:
         return fail(msg, parser.prog)
 
@@ -279,22 +243,32 @@ def main(argv=None, search: bool = False) -> int:
     # slower on x86 (5 s vs 0.45 s for the demo model); flushing them to zero costs no accuracy.
     denormal = torch.set_flush_denormal(True)
     try:
-        return _run(args)
+        if not distributed.launched():
+            return _run(args)
+        world, device = distributed.init(args.device)
+        try:  # rank 0 alone prints; every rank reports its errors on stderr
+            with contextlib.redirect_stdout(sys.stdout if world.is_main else open(os.devnull, "w")):
+                return _run(args, world, device)
+        finally:
+            distributed.shutdown()
     finally:
         torch.set_num_threads(threads)
         if denormal:
             torch.set_flush_denormal(False)
 
 
-def _run(args) -> int:
+def _run(args, world=None, device=None) -> int:
     import torch
 
     from .. import available_backends
     from .data import DataError, augmenting, load_dataset
+    from .distributed import World
+    from .guard import NonFiniteError
     from .loop import ResumeError, build_adjoined, pick_device
 
+    world = world or World()
     try:
-        device = pick_device(args.device)
+        device = device or pick_device(args.device)
         if device.type == "cuda" and not torch.cuda.is_available():
             return fail(f"--device {args.device}: CUDA is not available on this machine; use --device cpu",
                         prog(args))
@@ -317,7 +291,7 @@ def _run(args) -> int:
         ds = load_dataset(args.dataset, args.data_dir, args.image_size, args.subset, args.seed)
     except DataError as e:
         return fail(str(e), prog(args))
-    print(f"{ds.name}: {len(ds.x_train)} train / {len(ds.x_test)} test images {tuple(ds.x_train.shape[1:])}, "
+    print(f"{ds.name}: {ds.size('train')} train / {ds.size('test')} test images {ds.sample_shape}, "
           f"{ds.num_classes} classes, from {ds.root} ({time.perf_counter() - t_load:.1f}s); augmentation "
           f"{'on' if augmenting(args) else 'off'} (--augment {args.augment})")
     try:
@@ -341,7 +315,7 @@ def _run(args) -> int:
         if device.type == "cuda":  # the layout training uses there
             probe = probe.to(memory_format=torch.channels_last)
             x = x.contiguous(memory_format=torch.channels_last)
-        y = ds.y_train[:x.shape[0]].to(device)
+        y = ds.take(torch.arange(x.shape[0]))[1].to(device)
         dtype = torch.bfloat16 if args.amp and device.type == "cuda" else torch.float32
         ok = run_check(probe, x, y, args.backend, dtype, check_lambda(args), args.temperature, args.check_tol)
         return 0 if ok else 1
@@ -352,9 +326,14 @@ def _run(args) -> int:
     from .report import finish
     with gpu_algorithms(args.deterministic):
         try:
-            net, history, finished = train(args, ds, device)
-        except ResumeError as e:
-            return fail(str(e), prog(args))
+            net, history, finished = train(args, ds, device, world=world)
+        except (ResumeError, DataError) as e:
+            return fail(_worker_message(str(e)), prog(args))
+        except NonFiniteError as e:
+            fail(str(e), prog(args))
+            return 3
+        if not world.is_main:
+            return 0
         if finished and args.method == "search":
             from .search import finish_search
             finish_search(args, ds, net, history)
@@ -364,8 +343,28 @@ def _run(args) -> int:
 
 
 def _check_batch(ds, n, device):
+    import torch
+
     from .data import normalize
-    return normalize(ds.x_train[:n], ds.mean, ds.std).to(device)
+    return normalize(ds.take(torch.arange(min(n, ds.size("train"))))[0], ds.mean, ds.std).to(device)
+
+
+def _worker_message(msg: str) -> str:
+    """The error itself from an exception a DataLoader worker re-raised (which carries the worker's traceback)."""
+    if "Original Traceback" not in msg:
+        return msg
+    last = msg.strip().splitlines()[-1]
+    return last.split("Error: ", 1)[-1]
+
+
+def _missing_extras() -> str | None:
+    """The trainer's own dependencies (the ``train`` extra) that are not installed, as an error message."""
+    import importlib.util
+    missing = [m for m in ("tqdm", "torchvision", "matplotlib") if importlib.util.find_spec(m) is None]
+    if missing:
+        return (f"the trainer needs {', '.join(missing)}: install the training extras with "
+                "`pip install 'adjoined-kernels[train]'`")
+    return None
 
 
 def search_main(argv=None) -> int:

@@ -12,46 +12,41 @@ Methods:
   (:mod:`adjoined_kernels.baselines`, docs/baselines.md); ``kddp`` and ``pwh`` train in phases, each one run
   of :func:`train` with its own checkpoint.
 
-Determinism: the model is built right after ``torch.manual_seed(seed)``; shuffling and augmentation in epoch
-``e`` draw from a generator seeded ``seed*1000 + e``. A checkpoint is written after every epoch, so
-``--resume`` continues to the same final weights as an uninterrupted run: bitwise on the CPU, and on a GPU
-with ``--deterministic`` (see :func:`gpu_algorithms`).
+Determinism: the model is built right after ``torch.manual_seed(seed)``; the order and augmentation of epoch
+``e`` come from a generator seeded ``seed*1000 + e`` (:mod:`.loader`). A checkpoint is written after every
+epoch and every ``--save-every`` steps, so ``--resume`` continues to the same final weights as an
+uninterrupted run: bitwise on the CPU, and on a GPU with ``--deterministic`` (see :func:`gpu_algorithms`).
+A non-finite loss or gradient stops the run before anything non-finite is saved (:mod:`.guard`).
 """
 from __future__ import annotations
 
 import contextlib
 import json
 import os
-import random
 import sys
 import time
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from .. import lambda_schedule
 from .. import models as ak_models
 from ..dan import dan_loss
 from ..export import export_full, export_small
 from ..ops.adjoined_loss import adjoined_loss
-from .data import Dataset, augmenting, epoch_generator, normalize, steps_per_epoch, train_batches
+from . import checkpoint as ckpt
+from .checkpoint import RESUME_KEYS, ResumeError  # noqa: F401 - part of this module's interface
+from .data import Dataset, augmenting, normalize
+from .distributed import World, all_reduce_sum, prepare
 from .graphed import GraphedStep
+from .guard import Guard, detect_anomaly
+from .loader import EpochBatches, ShardBatches, make_loader
 from .search import epoch_record, make_arch_optimizer
 from .search import start_epoch as start_search_epoch
 
-# Arguments that must match between a checkpoint and the run that resumes it.
-RESUME_KEYS = ("method", "dataset", "arch", "width", "alpha", "stem", "epochs", "batch_size", "lr", "optimizer",
-               "weight_decay", "schedule", "milestones", "lam_schedule", "lam_scale", "temperature", "seed",
-               "subset", "image_size", "arch_json", "adjoin_start", "search_alphas", "flops_weight", "flops_target",
-               "tau0",
-               "tau_decay", "arch_lr", "teacher", "kd_alpha", "kddp_student", "kddp_fc1", "kddp_l1", "pwh_iters",
-               "hints_weight", "pwh_samples")
 SEARCH = "search"  # the method of adjoined-search (DAN)
 SMALL_ONLY = ("small", "kd", "kddp", "pwh")  # methods that train one (small) network: docs/baselines.md
-
-
-class ResumeError(Exception):
-    """A checkpoint is missing or does not fit the current arguments."""
 
 
 def pick_device(name: str) -> torch.device:
@@ -135,14 +130,16 @@ def make_scheduler(args, opt, total_steps: int, spe: int):
                                                 gamma=args.gamma)
 
 
-def forward_loss(net, method, x, y, lam, args):
-    """(loss, logits_full or None, logits_small or None)."""
+def forward_loss(net, method, x, y, lam, args, model=None):
+    """(loss, logits_full or None, logits_small or None). ``net`` runs the forward (a DDP replica under
+    torchrun); ``model`` (default ``net``) is the module itself, whose FLOPs DAN's loss reads."""
+    model = net if model is None else model
     if method == "adjoined":
         lf, ls = net(x)
         return adjoined_loss(lf, ls, y, lam, temperature=args.temperature, backend=args.backend), lf, ls
     if method == SEARCH:
         lf, ls = net(x)
-        loss = dan_loss(lf, ls, y, lam, net.expected_small_flops(), net.full_flops(), args.flops_weight,
+        loss = dan_loss(lf, ls, y, lam, model.expected_small_flops(), model.full_flops(), args.flops_weight,
                         args.flops_target, temperature=args.temperature, backend=args.backend)
         return loss, lf, ls
     if method in SMALL_ONLY[1:]:
@@ -153,14 +150,14 @@ def forward_loss(net, method, x, y, lam, args):
     return (loss, out, None) if method == "standard" else (loss, None, out)
 
 
-def step_body(net, method, args, device, amp: bool, graphs: bool = False):
+def step_body(net, method, args, device, amp: bool, graphs: bool = False, model=None):
     """``body(x, y, lam)``: forward, loss, backward, and the step's metric terms as a float64 tensor
     ``[loss * batch, CE sum, KL sum, correct full, correct small]`` (0 for a branch the method lacks).
     Nothing in it syncs with the host or makes a tensor from a host value, so a CUDA graph can capture it
     (``graphs``: autocast's cache off). Gradients accumulate into ``.grad``: the caller zeroes them."""
     def body(x, y, lam):
         with _autocast(device, amp, cache=not graphs):
-            loss, lf, ls = forward_loss(net, method, x, y, lam, args)
+            loss, lf, ls = forward_loss(net, method, x, y, lam, args, model)
         loss.backward()
         with torch.no_grad():
             zero = loss.new_zeros((), dtype=torch.float64)
@@ -180,26 +177,26 @@ def _kl(lf, ls, temperature):
 
 
 @torch.inference_mode()
-def evaluate(net, method, ds: Dataset, device, batch_size: int = 500, amp: bool = False):
-    """Test accuracy ``(acc_full, acc_small)``; None for a branch the method does not have."""
+def evaluate(net, method, ds: Dataset, device, loader, amp: bool = False, world: World | None = None):
+    """Test accuracy ``(acc_full, acc_small)`` over ``loader`` (this rank's shard; the counts are summed over
+    the ranks); None for a branch the method does not have."""
     was_training = net.training
     net.eval()
-    cf = cs = 0
-    n = len(ds.x_test)
+    counts = torch.zeros(3, dtype=torch.int64, device=device)  # correct full, correct small, images
     cl = channels_last_ok(net, device)
-    for i in range(0, n, batch_size):
-        x = _prep(ds.x_test[i:i + batch_size], ds, device, cl)
-        y = ds.y_test[i:i + batch_size].to(device)
+    for xb, yb in loader:
+        x, y = _prep(xb, ds, device, cl), yb.to(device, non_blocking=True)
         with _autocast(device, amp):
             out = net(x)
-        if method in ("adjoined", SEARCH):
-            cf += int((out[0].argmax(-1) == y).sum())
-            cs += int((out[1].argmax(-1) == y).sum())
-        elif method == "standard":
-            cf += int((out.argmax(-1) == y).sum())
-        else:
-            cs += int((out.argmax(-1) == y).sum())
+        full, small = (out[0], out[1]) if method in ("adjoined", SEARCH) else \
+            ((out, None) if method == "standard" else (None, out))
+        for k, logits in ((0, full), (1, small)):
+            if logits is not None:
+                counts[k] += (logits.argmax(-1) == y).sum()
+        counts[2] += y.shape[0]
     net.train(was_training)
+    cf, cs, n = all_reduce_sum(counts, world or World()).tolist()
+    n = max(n, 1)
     return (cf / n if method not in SMALL_ONLY else None, cs / n if method != "standard" else None)
 
 
@@ -239,152 +236,139 @@ def _autocast(device, amp: bool, cache: bool = True):
                           cache_enabled=cache)
 
 
-def _prefetch(it, workers: int):
-    """Prepare batches in a background thread when ``workers > 0`` (order and randomness are unchanged)."""
-    if workers <= 0:
-        yield from it
-        return
-    import queue
-    import threading
-    q: queue.Queue = queue.Queue(maxsize=2 * workers)
-    done = object()
-
-    def produce():
-        try:
-            for item in it:
-                q.put(item)
-        finally:
-            q.put(done)
-
-    threading.Thread(target=produce, daemon=True).start()
-    while (item := q.get()) is not done:
-        yield item
+def _state(model, opt, sched, arch_opt, epoch: int, epoch_step: int, step: int, history, elapsed, partial, args):
+    return {"format": 2, "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+            "arch_optimizer": arch_opt.state_dict() if arch_opt is not None else None, "epoch": epoch,
+            "epoch_step": epoch_step, "global_step": step, "partial": partial, "rng": ckpt.rng_state(),
+            "history": history, "elapsed": elapsed, "args": vars(args)}
 
 
-def rng_state(gen: torch.Generator | None) -> dict:
-    st = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        st["cuda"] = torch.cuda.get_rng_state_all()
-    if "numpy" in sys.modules:
-        st["numpy"] = sys.modules["numpy"].random.get_state()
-    if gen is not None:
-        st["data"] = gen.get_state()
-    return st
+def _loaders(args, ds, device, world):
+    """(train sampler, train loader, test loader) for this rank."""
+    train_sampler = EpochBatches(ds.size("train"), args.batch_size, args.seed, world.rank, world.size)
+    pin = device.type == "cuda"
+    train_loader = make_loader(ds.split("train", augmenting(args)), train_sampler, args.workers, pin)
+    test_sampler = ShardBatches(ds.size("test"), args.eval_batch_size, world.rank, world.size)
+    return train_sampler, train_loader, make_loader(ds.split("test"), test_sampler, args.workers, pin)
 
 
-def set_rng_state(st: dict) -> None:
-    torch.set_rng_state(st["torch"])
-    random.setstate(st["python"])
-    if "cuda" in st and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(st["cuda"])
-    if "numpy" in st:
-        import numpy as np
-        np.random.set_state(st["numpy"])
-
-
-def save_checkpoint(path: str, state: dict) -> None:
-    """Write ``state`` atomically: to ``path.tmp``, then ``os.replace``."""
-    tmp = path + ".tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: str, args) -> dict:
-    if not os.path.isfile(path):
-        raise ResumeError(f"--resume: no checkpoint at {path}; train first with --out {os.path.dirname(path) or '.'}")
-    try:
-        ck = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001 - a truncated or foreign file
-        raise ResumeError(f"--resume: cannot read checkpoint {path} ({type(e).__name__}: {e})") from None
-    old = ck.get("args", {})
-    diff = [f"--{k.replace('_', '-')} {old.get(k)!r} (checkpoint) vs {getattr(args, k, None)!r} (now)"
-            for k in RESUME_KEYS if k in old and old.get(k) != getattr(args, k, None)]
-    if diff:
-        raise ResumeError("--resume: the checkpoint was trained with other arguments: " + "; ".join(diff))
-    return ck
-
-
-def train(args, ds: Dataset, device, log=print, net=None):
+def train(args, ds, device, log=print, net=None, world: World | None = None):
     """Train ``args.method`` on ``ds``; returns ``(net, history, finished)``.
 
-    Writes OUT/metrics.jsonl (one JSON line per epoch) and OUT/checkpoint.pt (every epoch).
-    ``finished`` is False when ``args.stop_after`` ended the run before ``args.epochs``.
-    ``net``: train this network instead of building it (one phase of ``kddp``/``pwh``, which run their phases
-    through :func:`adjoined_kernels.baselines.run_phased` when ``net`` is None).
-    """
-    from tqdm.auto import tqdm
+    Writes OUT/metrics.jsonl (one JSON line per epoch) and OUT/checkpoint.pt (every epoch, and every
+    ``args.save_every`` steps; the one before is kept as checkpoint.prev.pt). ``finished`` is False when
+    ``args.stop_after`` ended the run before ``args.epochs``. ``net``: train this network instead of building
+    it (one phase of ``kddp``/``pwh``, which run their phases through
+    :func:`adjoined_kernels.baselines.run_phased` when ``net`` is None). ``world``: this process's place under
+    torchrun (rank 0 alone writes files and logs).
 
+    Raises:
+        NonFiniteError: a loss term or gradient was NaN or infinite; nothing was saved after the last good
+            step.
+        ResumeError: ``args.resume`` names no usable checkpoint, or one trained with other arguments.
+    """
     if net is None and args.method in ("kddp", "pwh"):
         from ..baselines import run_phased
         return run_phased(args, ds, device, log)
-    out = args.out
-    net = build_net(args, ds, device) if net is None else net
+    world = world or World()
+    model = build_net(args, ds, device) if net is None else net
+    model, replica = prepare(model, world, device, getattr(args, "sync_bn", False))
     search = args.method == SEARCH
-    opt = make_optimizer(args, net.weight_parameters() if search else net.parameters())
-    arch_opt = make_arch_optimizer(args, net) if search else None
-    spe = steps_per_epoch(len(ds.x_train), args.batch_size)
+    opt = make_optimizer(args, model.weight_parameters() if search else model.parameters())
+    arch_opt = make_arch_optimizer(args, model) if search else None
+    train_sampler, train_loader, test_loader = _loaders(args, ds, device, world)
+    spe = train_sampler.steps()
     total = spe * args.epochs
     sched = make_scheduler(args, opt, total, spe)
-    ckpt_path = os.path.join(out, "checkpoint.pt")
-    metrics_path = os.path.join(out, "metrics.jsonl")
-    start_epoch, step, history, elapsed = 0, 0, [], 0.0
+    ckpt_path = os.path.join(args.out, "checkpoint.pt")
+    epoch0, skip, step, history, elapsed, partial = 0, 0, 0, [], 0.0, None
+    guard = Guard(device, "none (the run had not saved one yet)")
     if args.resume:
-        ck = load_checkpoint(ckpt_path if args.resume == "auto" else args.resume, args)
-        net.load_state_dict(ck["model"])
+        path = ckpt_path if args.resume == "auto" else args.resume
+        ck = ckpt.load(path, args)
+        model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
         if arch_opt is not None:
             arch_opt.load_state_dict(ck["arch_optimizer"])
-        start_epoch, step, history, elapsed = ck["epoch"], ck["global_step"], ck["history"], ck["elapsed"]
-        set_rng_state(ck["rng"])
-        log(f"resumed from {ckpt_path if args.resume == 'auto' else args.resume} after epoch {start_epoch}")
-    with open(metrics_path, "w") as f:  # rewritten from the checkpoint's history: no duplicate epochs
-        for rec in history:
-            f.write(json.dumps(rec) + "\n")
+        epoch0, step, history, elapsed = ck["epoch"], ck["global_step"], ck["history"], ck["elapsed"]
+        skip, partial = ck.get("epoch_step", 0), ck.get("partial")
+        ckpt.set_rng_state(ck["rng"])
+        guard.saved(path, epoch0, step)
+        if world.is_main:
+            log(f"resumed from {path} at epoch {epoch0 + 1}, step {skip} of {spe}")
+    metrics_path = os.path.join(args.out, "metrics.jsonl")
+    if world.is_main:
+        with open(metrics_path, "w") as f:  # rewritten from the checkpoint's history: no duplicate epochs
+            for rec in history:
+                f.write(json.dumps(rec) + "\n")
 
     method, amp = args.method, args.amp and device.type == "cuda"
-    cl = channels_last_ok(net, device)
+    cl = channels_last_ok(model, device)
     graphs = getattr(args, "cuda_graphs", False)
-    body = step_body(net, method, args, device, amp, graphs)
+    body = step_body(replica, method, args, device, amp, graphs, model)
     if graphs:  # captured at the first step, after any resume (the graph holds the parameters' addresses)
-        body = GraphedStep(net, body, capture=device.type == "cuda")
+        body = GraphedStep(replica, body, capture=device.type == "cuda")
+    params = [p for p in model.parameters() if p.requires_grad]
+    anomaly = detect_anomaly(model) if getattr(args, "detect_anomaly", False) else contextlib.nullcontext()
     run_epochs = 0
-    for epoch in range(start_epoch, args.epochs):
+    for epoch in range(epoch0, args.epochs):
         t0 = time.perf_counter()
-        gen = epoch_generator(args.seed, epoch)
         if search:
-            start_search_epoch(args, net, epoch)
-        net.train()
+            start_search_epoch(args, model, epoch)
+        model.train()
         sums = torch.zeros(5, dtype=torch.float64, device=device)  # loss, ce, kl, correct_f, correct_s
-        n = 0
-        bar = tqdm(total=spe, desc=f"epoch {epoch + 1}/{args.epochs}", disable=not args.progress,
-                   dynamic_ncols=True, leave=False, file=sys.stderr)
+        n, t_before = 0, 0.0
+        if partial is not None:  # a mid-epoch checkpoint: its sums so far count once, on rank 0
+            if world.is_main:
+                sums += partial["sums"].to(device)
+                n = partial["n"]
+            t_before = partial["time"]
+        train_sampler.set_epoch(epoch, skip)
+        bar = tqdm(total=spe, initial=skip, desc=f"epoch {epoch + 1}/{args.epochs}",
+                   disable=not (args.progress and world.is_main), dynamic_ncols=True, leave=False, file=sys.stderr)
         lam = lr = 0.0
-        for i, (xb, yb) in enumerate(_prefetch(train_batches(ds, args.batch_size, gen, augmenting(args)),
-                                               args.workers)):
-            lam = lambda_schedule(min(step / total, 1.0), args.lam_schedule, args.lam_scale)
-            x, y = _prep(xb, ds, device, cl), yb.to(device, non_blocking=True)
-            if not graphs:
-                opt.zero_grad(set_to_none=True)
-            if arch_opt is not None:
-                arch_opt.zero_grad(set_to_none=True)
-            sums += body(x, y, lam)
-            opt.step()
-            if arch_opt is not None:
-                arch_opt.step()
-            lr = sched.get_last_lr()[0]  # the LR this step used
-            sched.step()
-            step += 1
-            n += y.shape[0]
-            bar.update(1)
-            if args.progress and (i % 20 == 0 or i == spe - 1):
-                bar.set_postfix(loss=f"{sums[0].item() / n:.3f}", lam=f"{lam:.3f}", lr=f"{lr:.3g}")
+        with anomaly:
+            for i, (xb, yb) in enumerate(train_loader, start=skip):
+                lam = lambda_schedule(min(step / total, 1.0), args.lam_schedule, args.lam_scale)
+                x, y = _prep(xb, ds, device, cl), yb.to(device, non_blocking=True)
+                if not graphs:
+                    opt.zero_grad(set_to_none=True)
+                if arch_opt is not None:
+                    arch_opt.zero_grad(set_to_none=True)
+                terms = body(x, y, lam)
+                sums += terms
+                guard.update(step, terms, params)
+                if guard.due(step):
+                    guard.check(epoch, spe)
+                opt.step()
+                if arch_opt is not None:
+                    arch_opt.step()
+                lr = sched.get_last_lr()[0]  # the LR this step used
+                sched.step()
+                step += 1
+                n += y.shape[0]
+                bar.update(1)
+                if args.progress and world.is_main and (i % 20 == 0 or i == spe - 1):
+                    bar.set_postfix(loss=f"{sums[0].item() / max(n, 1):.3f}", lam=f"{lam:.3f}", lr=f"{lr:.3g}")
+                if args.save_every and (i + 1) % args.save_every == 0 and i + 1 < spe:
+                    guard.check(epoch, spe)
+                    part = {"sums": all_reduce_sum(sums.clone(), world).cpu(),
+                            "n": int(all_reduce_sum(torch.tensor([n], device=device), world)),
+                            "time": t_before + time.perf_counter() - t0}
+                    if world.is_main:
+                        ckpt.save(ckpt_path, _state(model, opt, sched, arch_opt, epoch, i + 1, step, history,
+                                                    elapsed, part, args))
+                    guard.saved(ckpt_path, epoch, step)
         bar.close()
-        s = sums.tolist()
-        n = max(n, 1)
-        t_train = time.perf_counter() - t0
-        acc_f, acc_s = evaluate(net, method, ds, device, args.eval_batch_size, amp)
-        dt = time.perf_counter() - t0
+        guard.check(epoch, spe)
+        skip, partial = 0, None
+        all_reduce_sum(sums, world)
+        n = int(all_reduce_sum(torch.tensor([n], device=device), world))
+        s, n = sums.tolist(), max(n, 1)
+        t_train = t_before + time.perf_counter() - t0
+        acc_f, acc_s = evaluate(model, method, ds, device, test_loader, amp, world)
+        dt = t_before + time.perf_counter() - t0
         elapsed += dt
         two = method in ("adjoined", SEARCH)
         rec = {"epoch": epoch + 1, "lambda": lam if two else None, "loss": s[0] / n,
@@ -394,21 +378,21 @@ def train(args, ds: Dataset, device, log=print, net=None):
                "test_acc_full": acc_f, "test_acc_small": acc_s, "lr": lr,
                "time": dt, "train_time": t_train, "elapsed": elapsed, "step": step}
         if search:
-            rec.update(epoch_record(net))
+            rec.update(epoch_record(model))
         history.append(rec)
-        with open(metrics_path, "a") as f:
-            f.write(json.dumps(rec) + "\n")
-        save_checkpoint(ckpt_path, {"format": 1, "model": net.state_dict(), "optimizer": opt.state_dict(),
-                                    "scheduler": sched.state_dict(), "epoch": epoch + 1, "global_step": step,
-                                    "arch_optimizer": arch_opt.state_dict() if arch_opt is not None else None,
-                                    "rng": rng_state(gen), "history": history, "elapsed": elapsed,
-                                    "args": vars(args)})
-        log(format_epoch(rec))
+        if world.is_main:
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+            ckpt.save(ckpt_path, _state(model, opt, sched, arch_opt, epoch + 1, 0, step, history, elapsed, None,
+                                        args))
+            log(format_epoch(rec))
+        guard.saved(ckpt_path, epoch + 1, step)
         run_epochs += 1
         if args.stop_after and run_epochs >= args.stop_after and epoch + 1 < args.epochs:
-            log(f"stopping after {run_epochs} epoch(s) as asked (--stop-after); continue with --resume")
-            return net, history, False
-    return net, history, True
+            if world.is_main:
+                log(f"stopping after {run_epochs} epoch(s) as asked (--stop-after); continue with --resume")
+            return model, history, False
+    return model, history, True
 
 
 def format_epoch(r: dict) -> str:

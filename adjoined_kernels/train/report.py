@@ -195,7 +195,7 @@ def finish(args, ds, device, net, history, log=print) -> dict:
     """Export, measure and report a finished run: summary.json, curves.png, ONNX + .pt, and the table."""
     out = args.out
     full, small = deployable_nets(args, net)
-    shape = tuple(ds.x_train.shape[1:])
+    shape = ds.sample_shape
     last = history[-1]
     summary = {"method": args.method, "dataset": ds.name, "arch": args.arch, "epochs": last["epoch"],
                "acc_full": last["test_acc_full"], "acc_small": last["test_acc_small"],

@@ -78,7 +78,7 @@ def arch_summary(args, ds, net, history) -> dict:
     ctor = getattr(ak_models, f"adjoined_{args.arch}")
     found = ctor(num_classes=ds.num_classes, in_channels=ds.in_channels, stem=args.stem, width=args.width,
                  small_widths=widths)
-    shape = tuple(ds.x_train.shape[1:])
+    shape = ds.sample_shape
     small, full = export_small(found), export_full(found)
     probs = net.search.probabilities()
     layers = [{"name": g.name, "full": g.full, "candidates": list(g.widths),
