@@ -5,7 +5,7 @@ import math
 
 import torch
 
-from .ops.adjoined_loss import adjoined_loss
+from .ops.loss import adjoined_loss
 
 TAU0 = 15.0
 TAU_DECAY = 0.045

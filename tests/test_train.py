@@ -393,7 +393,7 @@ def test_check_reference_passes(idx_dir, capsys):
 
 
 def _perturbed_conv(monkeypatch, where):
-    import adjoined_kernels.ops.adjoined_conv2d as mod
+    import adjoined_kernels.ops.conv as mod
     real = mod.adjoined_conv2d
 
     class ScaleGrad(torch.autograd.Function):
@@ -423,7 +423,7 @@ def test_check_fails_on_broken_conv(where, idx_dir, monkeypatch, capsys):
 
 
 def test_check_fails_on_broken_loss(idx_dir, monkeypatch, capsys):
-    import adjoined_kernels.ops.adjoined_loss as mod
+    import adjoined_kernels.ops.loss as mod
     real = mod.adjoined_loss
     monkeypatch.setattr(mod, "adjoined_loss", lambda lf, ls, *a, **k: real(lf, ls * 0.9, *a, **k))
     assert cli.main([*CHECK, "--data-dir", str(idx_dir)]) == 1

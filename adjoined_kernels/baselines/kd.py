@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..ops.adjoined_loss import adjoined_loss
+from ..ops.loss import adjoined_loss
 
 IGNORE = -100
 

@@ -14,8 +14,8 @@ import importlib
 import torch
 
 from ..nn import FusedAdjoinedConv2d
-from ..ops.adjoined_conv2d import adjoined_conv2d_ref
-from ..ops.adjoined_loss import adjoined_loss_ref
+from ..ops.conv import adjoined_conv2d_ref
+from ..ops.loss import adjoined_loss_ref
 from ..schedules import lambda_schedule
 
 # fp32 allows TF32 tensor-core rounding on GPUs; low precision is compared with an fp32 reference.
@@ -24,11 +24,11 @@ TOLERANCE = {torch.float32: 2e-3, torch.float16: 1e-2, torch.bfloat16: 5e-2}
 
 def _backend_conv():
     """The public op, looked up at call time (so a test can inject a broken backend)."""
-    return importlib.import_module("adjoined_kernels.ops.adjoined_conv2d").adjoined_conv2d
+    return importlib.import_module("adjoined_kernels.ops.conv").adjoined_conv2d
 
 
 def _backend_loss():
-    return importlib.import_module("adjoined_kernels.ops.adjoined_loss").adjoined_loss
+    return importlib.import_module("adjoined_kernels.ops.loss").adjoined_loss
 
 
 def rel_err(got, ref) -> float:

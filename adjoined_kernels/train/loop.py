@@ -34,7 +34,7 @@ from .. import lambda_schedule
 from .. import models as ak_models
 from ..dan import dan_loss
 from ..export import export_full, export_small
-from ..ops.adjoined_loss import adjoined_loss
+from ..ops.loss import adjoined_loss
 from . import checkpoint as ckpt
 from .checkpoint import RESUME_KEYS, ResumeError  # noqa: F401 - part of this module's interface
 from .data import Dataset, augmenting, normalize
