@@ -26,7 +26,7 @@ constexpr float kLog2e = 1.4426950408889634f, kLn2 = 0.6931471805599453f;
 // Floor of a running max (base-2 units): finite, so max - max is never inf - inf; -inf logits add 0.
 constexpr float kFloor = -3.0e38f;
 
-// One MUFU each, as in the Triton kernel (adjoined_kernels/ops/adjoined_loss.py): ex2.approx (relative
+// One MUFU each, as in the Triton kernel (adjoined_kernels/ops/loss/triton/math.py): ex2.approx (relative
 // error ~2^-22; -inf gives 0), lg2.approx (absolute error ~2^-22) and rcp.approx (1 ulp). expf, logf and
 // '/' compile to range-reduced sequences and slow-path calls: ~3x the instructions per class. Arguments of
 // lg2 and rcp are normal numbers here (the launcher keeps eps >= 2^-126), so ftz changes nothing.

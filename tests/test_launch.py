@@ -1,4 +1,4 @@
-"""The Triton relaunch cache (adjoined_kernels/ops/_launch.py) against Triton's own launch path, offline."""
+"""The Triton relaunch cache (adjoined_kernels/ops/conv/triton/launch.py) against Triton's own launch path, offline."""
 
 
 def test_relaunches_match_tritons_own_launches(sm90_tool):

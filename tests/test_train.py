@@ -468,3 +468,23 @@ def test_trains_with_the_triton_backend(idx_dir, tmp_path):
         losses[be] = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["loss"]
     assert math.isfinite(losses["triton"]) and abs(losses["triton"] - losses["reference"]) < 1e-3 * abs(
         losses["reference"]) + 1e-4, losses
+
+
+def test_report_says_which_backend_auto_chose(tmp_path, monkeypatch, smoke_run):
+    import types
+
+    from adjoined_kernels import _autotune
+    from adjoined_kernels.train.report import backends_chosen
+    rows = [{"op": "conv2d_fprop", "key": (1,), "backend": "cuda", "ms": {"cuda": 1.0, "reference": 2.0}},
+            {"op": "conv2d_fprop", "key": (2,), "backend": "reference", "ms": {}},
+            {"op": "conv2d_dgrad", "key": (1,), "backend": "reference", "ms": {}}]
+    monkeypatch.setattr(_autotune, "report", lambda: rows)
+    args = types.SimpleNamespace(backend="auto")
+    logged = []
+    got = backends_chosen(args, torch.device("cuda"), str(tmp_path), logged.append)
+    assert got == {"conv2d_fprop": {"cuda": 1, "reference": 1}, "conv2d_dgrad": {"reference": 1}}
+    assert json.loads((tmp_path / "auto.json").read_text())[0]["ms"] == {"cuda": 1.0, "reference": 2.0}
+    assert "conv2d_fprop {'cuda': 1, 'reference': 1}" in logged[0]
+    assert backends_chosen(args, torch.device("cpu"), str(tmp_path)) == {"all": "reference"}
+    _, out = smoke_run
+    assert json.loads((out / "summary.json").read_text())["backends_chosen"] == {"all": "reference"}

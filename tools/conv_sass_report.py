@@ -62,7 +62,10 @@ from triton.compiler import ASTSource, make_backend  # noqa: E402
 from triton.runtime.jit import create_function_from_signature  # noqa: E402
 
 from _check import verdict  # noqa: E402
-from adjoined_kernels.ops import _launch, conv_dgrad, conv_fprop, conv_wgrad  # noqa: E402
+from adjoined_kernels.ops.conv.triton import dgrad as conv_dgrad  # noqa: E402
+from adjoined_kernels.ops.conv.triton import fprop as conv_fprop  # noqa: E402
+from adjoined_kernels.ops.conv.triton import launch as _launch  # noqa: E402
+from adjoined_kernels.ops.conv.triton import wgrad as conv_wgrad  # noqa: E402
 
 _launch.FAST = False  # every launch through launcher.kernel[grid](...), where _Recorder stands in
 

@@ -1,4 +1,5 @@
-"""Host time of the Triton conv launch path, and a check of the relaunch cache (ops/_launch.py), without a GPU.
+"""Host time of the Triton conv launch path, and a check of the relaunch cache (ops/conv/triton/launch.py),
+without a GPU.
 
 A fake CUDA driver stands in for the GPU: Triton compiles every kernel for sm_90 for real (its own pipeline
 and ptxas), and the one piece that needs a GPU, the C launcher that calls cuLaunchKernel, is replaced by a
@@ -16,6 +17,7 @@ and on the Triton version on sys.path; they are not GPU timings.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import time
@@ -89,8 +91,10 @@ class _Driver:
 
 driver.set_active(_Driver())
 torch.cuda.current_device = lambda: 0  # the relaunch key reads the current device
-import adjoined_kernels.ops._launch as launch  # noqa: E402
-from adjoined_kernels.ops.conv_fprop import adjoined_conv2d_triton  # noqa: E402
+from adjoined_kernels.ops import conv  # noqa: E402
+from adjoined_kernels.ops.conv.triton import launch  # noqa: E402
+
+adjoined_conv2d_triton = functools.partial(conv.run, conv.triton)  # the Triton path without backend checks
 
 launch._raw_stream = lambda device: 0
 CL = torch.channels_last

@@ -8,7 +8,7 @@ loop body (between a backward branch and its target) for the chunked path. "/cla
 classes one thread handles per row (register path) or per loop iteration (chunked path). These are
 compiler figures, not GPU timings. With another Triton on sys.path first, it reports that one's.
 
-    python tools/loss_ptxas_report.py                      # the figures in adjoined_kernels/ops/adjoined_loss.py
+    python tools/loss_ptxas_report.py                      # the figures in docs/kernels.md
     python tools/loss_ptxas_report.py --all                # also fp16, and other chunk sizes / warps
     python tools/loss_ptxas_report.py --one bf16 32768 1e-6 2 [--warps W] [--chunk N] [--maxnreg R]
     python tools/loss_ptxas_report.py --check              # the register path's unpacking invariant (PTX)
@@ -36,7 +36,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 from _check import verdict  # noqa: E402
-from adjoined_kernels.ops import adjoined_loss as L  # noqa: E402
+from adjoined_kernels.ops.loss import triton as L  # noqa: E402
 
 BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
 ESIZE = {"fp32": 4, "fp16": 2, "bf16": 2}

@@ -191,6 +191,25 @@ def deployable_nets(args, net):
             for m in (full, small)]
 
 
+def backends_chosen(args, device, out: str, log=print) -> dict:
+    """What ``--backend auto`` ran, per op pass: ``{"conv2d_fprop": {"cuda": 12, "reference": 8}, ...}`` over
+    the layer geometries it timed (docs/kernels.md, "auto"); each geometry's timings go to OUT/auto.json.
+    An explicit backend, or CPU tensors (where auto is the reference), gives ``{"all": name}``."""
+    if args.backend != "auto" or device.type != "cuda":
+        return {"all": args.backend if args.backend != "auto" else "reference"}
+    from .. import _autotune
+    rows = _autotune.report()
+    counts: dict = {}
+    for r in rows:
+        per_op = counts.setdefault(r["op"], {})
+        per_op[r["backend"]] = per_op.get(r["backend"], 0) + 1
+    with open(os.path.join(out, "auto.json"), "w") as f:
+        json.dump(rows, f, indent=1, default=str)
+    log("backend auto chose, per pass: " + ("; ".join(f"{op} {c}" for op, c in counts.items()) or
+                                          "nothing timed (ADJOINED_AUTOTUNE=0, or torch.compile: fixed order)"))
+    return counts
+
+
 def finish(args, ds, device, net, history, log=print) -> dict:
     """Export, measure and report a finished run: summary.json, curves.png, ONNX + .pt, and the table."""
     out = args.out
@@ -216,7 +235,8 @@ def finish(args, ds, device, net, history, log=print) -> dict:
             summary["onnx_error"] = f"{type(e).__name__}: {e}"
             log(f"warning: ONNX export failed: {summary['onnx_error']}")
     summary.update({"device": str(device), "backend": args.backend, "amp": bool(args.amp and device.type == "cuda"),
-                    "versions": versions(), "args": vars(args)})
+                    "backends_chosen": backends_chosen(args, device, out, log), "versions": versions(),
+                    "args": vars(args)})
     write_json(os.path.join(out, "summary.json"), summary)
     from ..schedules import lambda_schedule
     lam_fn = (lambda t: lambda_schedule(t, args.lam_schedule, args.lam_scale)) if args.method == "adjoined" else None

@@ -13,6 +13,7 @@ so a sanitizer run also says whether the numbers are right. Exit status 1 on a w
     compute-sanitizer --tool synccheck .venv/bin/python csrc/tests/sanitizer_run.py --only loss
 """
 import argparse
+import importlib
 import os
 import sys
 
@@ -25,7 +26,6 @@ import torch.nn.functional as F  # noqa: E402
 from torch.nn.grad import conv2d_input, conv2d_weight  # noqa: E402
 
 import adjoined_kernels as ak  # noqa: E402
-from adjoined_kernels.ops import conv_cuda, loss_cuda  # noqa: E402
 
 TOL = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 4e-2}
 D = torch.float64
@@ -97,7 +97,7 @@ def loss(dtype, case):
     ls = (torch.randn(B, C, generator=g, device="cuda") * 3).to(dtype).requires_grad_(True)
     tg = torch.randint(0, C, (B,), generator=g, device="cuda")
     tg[::3] = -100
-    out = loss_cuda.adjoined_loss_cuda(lf, ls, tg.int() if t32 else tg, 0.6, eps, 2.0, reduction)
+    out = ak.adjoined_loss(lf, ls, tg.int() if t32 else tg, 0.6, eps, 2.0, reduction, backend="cuda")
     a, b = lf.detach().double().requires_grad_(True), ls.detach().double().requires_grad_(True)
     ref = ak.adjoined_loss_ref(a, b, tg, 0.6, eps, 2.0, reduction)
     tag = f"loss B={B} C={C} eps={eps} {reduction}"
@@ -116,8 +116,8 @@ def main():
     if not torch.cuda.is_available():
         print("no CUDA GPU: nothing to run")
         return 0
-    conv_cuda.load()
-    loss_cuda.load()
+    importlib.import_module("adjoined_kernels.ops.conv.cuda")  # loads _C and registers the ops' Python parts
+    importlib.import_module("adjoined_kernels.ops.loss.cuda")
     for dtype in (torch.float32, torch.float16, torch.bfloat16):
         if args.only != "loss":
             for case in CONV:
