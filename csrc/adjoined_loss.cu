@@ -1,4 +1,4 @@
-// Fused adjoined loss (DESIGN §1; seeds/000 Def. 1, Eq. 3): one warp per row (C <= kWarpRowMax, reductions
+// Fused adjoined loss (docs/maths.md; "Adjoined Networks", Def. 1, Eq. 3): one warp per row (C <= kWarpRowMax, reductions
 // by shuffles only) or one block per row computes the row's loss term and both gradients in the forward
 // pass, over rows of any length C:
 //   pass 1: online log-sum-exp of lf, lf/T and ls/T (and, for eps == 0, E_p[lf/T - ls/T] under the

@@ -1,4 +1,4 @@
-// Fused adjoined conv, weight gradient (DESIGN §1):
+// Fused adjoined conv, weight gradient (docs/maths.md, "Gradients"):
 //   dW = wgrad(x_full, dz_full) + wgrad(x_small, dz_small * s) on the [:c_out_s, :c_in_s] block,
 //   db = sum(dz_full) + s * sum(dz_small) on [:c_out_s],  d small_scale = sum(dz_small * u_small).
 // Three launches: the split-K GEMM (both branches, one grid) into an fp32 workspace, per-channel

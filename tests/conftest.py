@@ -1,4 +1,4 @@
-"""Test setup: without a GPU, Triton kernels run in the interpreter (DESIGN §4), which must be set
+"""Test setup: without a GPU, Triton kernels run in the interpreter (docs/kernels.md), which must be set
 before triton.jit runs, so before adjoined_kernels is imported."""
 import os
 import shutil

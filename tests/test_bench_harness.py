@@ -24,7 +24,7 @@ import common  # noqa: E402
 import report  # noqa: E402
 
 # (name, C_in, C_out, c_in_s, c_out_s, k, stride, input hw) at alpha 4; c_in_s = C_in where the small branch
-# starts from the shared layer1 output (DESIGN §1)
+# starts from the shared layer1 output (docs/maths.md, "Where the small branch starts")
 RESNET50_A4 = [
     ("l2.b0.conv1", 256, 128, 256, 32, 1, 1, 56), ("l2.b0.conv2", 128, 128, 32, 32, 3, 2, 56),
     ("l2.b0.conv3", 128, 512, 32, 128, 1, 1, 28), ("l2.b0.ds", 256, 512, 256, 128, 1, 2, 56),

@@ -9,7 +9,7 @@ oracle written here in float64 from plain torch ops, so that a bug in the packag
 is caught too.
 
 Inputs are rounded to the tested dtype first and the oracle runs on those rounded values, so the error
-measured is the op's own. Tolerance (DESIGN §3, flash-attention's rule): ``|got - f64| <= 2 |torch - f64|
+measured is the op's own. Tolerance (flash-attention's rule): ``|got - f64| <= 2 |torch - f64|
 + FLOOR[dtype] * max|f64|`` where ``torch`` is the same maths run by torch in the tested dtype: in fp16
 and bf16 the op may be at most twice as wrong as torch itself, plus one output rounding at the top of
 the range (two in bf16: the interpreter truncates to bf16 instead of rounding). Where torch's own fp16
@@ -177,7 +177,7 @@ def _leaves(inp, dtype, case):
 
 
 def _torch_conv(x_full, x_small, weight, bias, small_scale, case):
-    """The oracle: the two convolutions of DESIGN §1 in plain torch ops (any dtype)."""
+    """The oracle: the two convolutions of docs/maths.md in plain torch ops (any dtype)."""
     cos, cis = case["c_out_s"], case["c_in_s"]
     args = (case["stride"], case["padding"], case["dilation"])
     z_full = F.conv2d(x_full, weight, bias, *args)
