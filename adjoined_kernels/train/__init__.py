@@ -1,7 +1,8 @@
 """Trainer for adjoined networks: the ``adjoined-train`` and ``adjoined-search`` commands (:mod:`.cli`,
-:mod:`.search`), in-memory datasets
-(:mod:`.data`), the loop with exact resume (:mod:`.loop`), the backend ``--check`` (:mod:`.check`) and
-reporting (:mod:`.report`). ``python -m adjoined_kernels.train`` runs the command too."""
+:mod:`.search`), datasets (:mod:`.data`, :mod:`.imagefolder`) and their seeded DataLoader batches
+(:mod:`.loader`), the loop with exact resume (:mod:`.loop`, :mod:`.checkpoint`, :mod:`.guard`), torchrun
+data parallelism (:mod:`.distributed`), the backend ``--check`` (:mod:`.check`) and reporting
+(:mod:`.report`). ``python -m adjoined_kernels.train`` runs the command too."""
 from .data import DataError, Dataset, load_dataset
 
 

@@ -264,7 +264,8 @@ def _run(args, world=None, device=None) -> int:
     from .data import DataError, augmenting, load_dataset
     from .distributed import World
     from .guard import NonFiniteError
-    from .loop import ResumeError, build_adjoined, pick_device
+    from .checkpoint import ResumeError
+    from .loop import build_adjoined, pick_device
 
     world = world or World()
     try:

@@ -69,20 +69,6 @@ def all_reduce_sum(t: torch.Tensor, world: World) -> torch.Tensor:
     return t
 
 
-def all_true(flag: bool, world: World, device) -> bool:
-    """True when ``flag`` holds in every process (a collective: every process must call it)."""
-    if not world.distributed:
-        return flag
-    t = torch.tensor([0 if flag else 1], device=device)
-    dist.all_reduce(t)
-    return int(t) == 0
-
-
-def barrier(world: World) -> None:
-    if world.distributed:
-        dist.barrier()
-
-
 class _SumOverProcesses(torch.autograd.Function):
     """``all_reduce(SUM)`` with its adjoint: the gradient of a sum over processes is the sum of the
     processes' gradients (what SyncBatchNorm's backward all-reduces)."""

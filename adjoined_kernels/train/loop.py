@@ -36,7 +36,6 @@ from ..dan import dan_loss
 from ..export import export_full, export_small
 from ..ops.loss import adjoined_loss
 from . import checkpoint as ckpt
-from .checkpoint import RESUME_KEYS, ResumeError  # noqa: F401 - part of this module's interface
 from .data import Dataset, augmenting, normalize
 from .distributed import World, all_reduce_sum, prepare
 from .graphed import GraphedStep
