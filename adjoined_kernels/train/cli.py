@@ -247,7 +247,7 @@ def main(argv=None, search: bool = False) -> int:
             return _run(args)
         world, device = distributed.init(args.device)
         try:  # rank 0 alone prints; every rank reports its errors on stderr
-            with contextlib.redirect_stdout(sys.stdout if world.is_main else open(os.devnull, "w")):
+            with open(os.devnull, "w") as null, contextlib.redirect_stdout(sys.stdout if world.is_main else null):
                 return _run(args, world, device)
         finally:
             distributed.shutdown()
