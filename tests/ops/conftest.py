@@ -2,6 +2,7 @@
 backend, skipping (with the reason) where it cannot run. "cuda_emu" is the CUDA C++ kernels compiled for the
 CPU by csrc/emu/build_emu.sh (without AddressSanitizer), built once per session into a temporary directory;
 its ops live in the namespace ``adjoined_emu`` and get the same contract as the real ones."""
+import importlib
 import os
 import shutil
 import subprocess
@@ -50,4 +51,22 @@ def fused(request):
         if name == "cuda" and not torch.cuda.is_available():
             pytest.skip("backend='cuda' needs a CUDA GPU (its CPU emulation runs as cuda_emu)")
         return conv._load(name), loss._load(name).OP
+    return get
+
+
+@pytest.fixture
+def registered(request):
+    """``registered(package, backend, op)`` -> ``(namespace, "<backend>_<op>", schema string)`` of the op a
+    backend of ``package`` ("conv" or "loss") registered; "cuda_emu" reads the emulated ops in ``adjoined_emu``.
+    Skips where the backend is unavailable."""
+    def get(package, backend, op):
+        ns = "adjoined"
+        if backend == "cuda_emu":
+            request.getfixturevalue("emu")
+            ns, backend = "adjoined_emu", "cuda"
+        elif backend not in ak.available_backends():
+            pytest.skip(f"backend={backend!r} is unavailable here")
+        else:
+            importlib.import_module(f"adjoined_kernels.ops.{package}.{backend}")
+        return ns, f"{backend}_{op}", str(getattr(getattr(torch.ops, ns), f"{backend}_{op}").default._schema)
     return get

@@ -9,7 +9,6 @@ larger shapes.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import inspect
 import os
 import random
@@ -539,19 +538,11 @@ def test_autocast_casts_inputs_like_conv2d(device, backend):
 
 @pytest.mark.parametrize("name", ["conv2d_fprop", "conv2d_dgrad", "conv2d_wgrad"])
 @pytest.mark.parametrize("backend", ["triton", "cuda", "cuda_emu"])
-def test_every_backend_registers_the_contracts_schema(backend, name, request):
+def test_every_backend_registers_the_contracts_schema(backend, name, registered):
     """One schema per pass: each backend's op has exactly the contract's arguments and returns."""
     from adjoined_kernels.ops.conv.contract import SCHEMAS
-    ns = "adjoined"
-    if backend == "cuda_emu":
-        request.getfixturevalue("emu")
-        ns, backend = "adjoined_emu", "cuda"
-    elif backend not in ak.available_backends():
-        pytest.skip(f"backend={backend!r} is unavailable here")
-    else:
-        importlib.import_module(f"adjoined_kernels.ops.conv.{backend}")
-    schema = getattr(getattr(torch.ops, ns), f"{backend}_{name}").default._schema
-    assert str(schema) == f"{ns}::{backend}_{name}{SCHEMAS[name]}"
+    ns, op, schema = registered("conv", backend, name)
+    assert schema == f"{ns}::{op}{SCHEMAS[name]}"
 
 
 def test_opcheck_emulated_cuda_ops(fused):

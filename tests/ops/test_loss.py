@@ -3,7 +3,6 @@ independent float64 maths, and every fused backend (triton; cuda on a GPU) again
 
 On CPU the kernels run in the Triton interpreter, so shapes stay tiny; tests at realistic sizes need a GPU.
 """
-import importlib
 import math
 
 import pytest
@@ -527,18 +526,10 @@ def test_sm90_register_path_unpacks_on_an_exact_zero(sm90_tool):
 
 # ------------------------------------------------------------------------ contract, lambda, unavailable backends
 @pytest.mark.parametrize("backend", ["triton", "cuda", "cuda_emu"])
-def test_every_backend_registers_the_contracts_schema(backend, request):
+def test_every_backend_registers_the_contracts_schema(backend, registered):
     from adjoined_kernels.ops.loss.schema import SCHEMA
-    ns = "adjoined"
-    if backend == "cuda_emu":
-        request.getfixturevalue("emu")
-        ns, backend = "adjoined_emu", "cuda"
-    elif backend not in ak.available_backends():
-        pytest.skip(f"backend={backend!r} is unavailable here")
-    else:
-        importlib.import_module(f"adjoined_kernels.ops.loss.{backend}")
-    schema = getattr(getattr(torch.ops, ns), f"{backend}_adjoined_loss_fwd").default._schema
-    assert str(schema) == f"{ns}::{backend}_adjoined_loss_fwd{SCHEMA}"
+    ns, op, schema = registered("loss", backend, "adjoined_loss_fwd")
+    assert schema == f"{ns}::{op}{SCHEMA}"
 
 
 def test_opcheck_emulated_cuda_op(fused):
