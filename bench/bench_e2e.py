@@ -31,6 +31,7 @@ import torch.nn.functional as F
 import adjoined_kernels as ak
 from adjoined_kernels import _autotune
 from adjoined_kernels.export import export_full
+from adjoined_kernels.layout import as_layout, to_training_layout
 from authors import AuthorsResNet
 from common import NAN, Budget, CsvWriter, error_text, now, ratio, run_meta, run_plan
 
@@ -100,8 +101,9 @@ def make_step(variant: str, n: int, device="cuda", model=MODEL, alpha=ALPHA, lr=
         net = AuthorsResNet(adjoined)
     else:
         net = adjoined
-    net = net.to(device).to(memory_format=torch.channels_last).train()
-    x = torch.randn(n, 3, hw, hw, device=device).contiguous(memory_format=torch.channels_last)
+    net, fmt = to_training_layout(net, device)
+    net = net.train()
+    x = as_layout(torch.randn(n, 3, hw, hw, device=device), fmt)
     y = torch.randint(0, kwargs["num_classes"], (n,), device=device)
     opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9)
     loss_backend = "reference" if variant == "authors" else backend

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from ..export import export_small
 from ..train.data import normalize
 from .kd import Distilled, capture
-from .phases import Phases, prepare, read_json, split_epochs, write_json
+from .phases import Phases, read_json, split_epochs, write_json
 from .teacher import load_teacher
 
 DEAD = 1e-6  # the paper's threshold on a neuron's mean activation
@@ -140,7 +140,7 @@ def run_kddp(args, ds, device, log=print):
     torch.manual_seed(args.seed)
     student = build_student(args, ds, build_adjoined(args, ds) if args.kddp_student == "resnet" else None)
     phases = Phases(args, ds, device, log)
-    net, finished = phases.run(prepare(Distilled(student, teacher, l1=args.kddp_l1), device), 1, "l1", e1)
+    net, finished = phases.run(Distilled(student, teacher, l1=args.kddp_l1), 1, "l1", e1)
     if not finished or phases.stopped(2, None, e2):
         phases.write_metrics()
         return net, phases.history, False
@@ -158,7 +158,7 @@ def run_kddp(args, ds, device, log=print):
     log(f"kddp: kept {keep.numel()} of {args.kddp_fc1} fc1 neurons; params {report['params_before_pruning']:,} -> "
         f"{report['params_after_pruning']:,}")
     torch.manual_seed(args.seed + 1)
-    net = prepare(Distilled(pruned, teacher), device)
+    net = Distilled(pruned, teacher)
     net, finished = phases.run(net, 2, None, e2)
     net.report = report
     phases.write_metrics()

@@ -25,13 +25,6 @@ def split_epochs(epochs: int, phases: int, method: str) -> list[int]:
     return [base + (1 if i >= phases - rest else 0) for i in range(phases)]
 
 
-def prepare(net: torch.nn.Module, device) -> torch.nn.Module:
-    """``net`` on ``device``, in channels_last where the trainer would use it."""
-    from ..train.loop import channels_last_ok
-    net = net.to(device)
-    return net.to(memory_format=torch.channels_last) if channels_last_ok(net, device) else net
-
-
 def phase_dir(args, index: int, name: str | None) -> str:
     return args.out if name is None else os.path.join(args.out, f"phase{index}-{name}")
 

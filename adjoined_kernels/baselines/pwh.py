@@ -24,10 +24,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..layout import to_training_layout
 from ..models.plain import PlainBlock, PlainResNet
 from ..train.data import normalize
 from .kd import Distilled, capture
-from .phases import Phases, prepare, read_json, split_epochs, write_json
+from .phases import Phases, read_json, split_epochs, write_json
 from .teacher import freeze, load_teacher
 
 
@@ -256,7 +257,7 @@ def prune_step(current, widths, ds, args, device, i: int):
     if i > 1:  # the previous iteration's model, the teacher now: its running statistics lag its short training
         recalibrate_bn(current, x, args.batch_size)
     kept = select_channels(taylor_importance(current, x, y, args.batch_size), widths)
-    student = prune_resnet(current, kept)
+    student, _ = to_training_layout(prune_resnet(current, kept), device)  # sliced weights keep current's strides
     recalibrate_bn(student, x, args.batch_size)
     check, _ = sample_images(ds, args.pwh_samples, args.seed + i, device, skip=args.pwh_samples)
     t_idx = kept["stream"][-1].to(device)
@@ -297,7 +298,7 @@ def run_pwh(args, ds, device, log=print):
         teacher = freeze(current)
         net = Distilled(student, teacher, hints=(hint_conv(student), hint_conv(teacher), t_idx),
                         hints_weight=args.hints_weight)
-        net, finished = phases.run(prepare(net, device), i, f"iter{i}", epochs[i - 1])
+        net, finished = phases.run(net, i, f"iter{i}", epochs[i - 1])
         if not finished:
             phases.write_metrics()
             return net, phases.history, False
@@ -305,7 +306,7 @@ def run_pwh(args, ds, device, log=print):
         current = net.student
     net = Distilled(current, original, hints=(hint_conv(current), hint_conv(original), to_orig),
                     hints_weight=args.hints_weight)
-    net, finished = phases.run(prepare(net, device), iters + 1, None, epochs[-1])
+    net, finished = phases.run(net, iters + 1, None, epochs[-1])
     net.report = {"pwh_iters": iters, "pwh_widths": block_widths(net.student),
                   "pwh_reconstruction": [{k: it[k] for k in ("hint_mse_pruned", "hint_mse_reconstructed",
                                                              "reconstructed")} for it in info["iterations"]]}

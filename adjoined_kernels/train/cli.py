@@ -310,12 +310,10 @@ def _run(args, world=None, device=None) -> int:
             return fail(str(e), prog(args))
 
     if args.check:
+        from ..layout import as_layout, to_training_layout
         from .check import check_lambda, run_check
-        probe = probe.to(device)
-        x = _check_batch(ds, args.check_batch, device)
-        if device.type == "cuda":  # the layout training uses there
-            probe = probe.to(memory_format=torch.channels_last)
-            x = x.contiguous(memory_format=torch.channels_last)
+        probe, fmt = to_training_layout(probe, device)  # the layout training uses
+        x = as_layout(_check_batch(ds, args.check_batch, device), fmt)
         y = ds.take(torch.arange(x.shape[0]))[1].to(device)
         dtype = torch.bfloat16 if args.amp and device.type == "cuda" else torch.float32
         ok = run_check(probe, x, y, args.backend, dtype, check_lambda(args), args.temperature, args.check_tol)

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..layout import nchw
+
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
 MNIST_DIR = "/usr/share/datasets/mnist"
 DATASETS = ("fashion-mnist", "mnist", "cifar10", "cifar100", "imagefolder")
@@ -296,15 +298,6 @@ def augment(x: torch.Tensor, pad: int, flip: bool, seeds: torch.Tensor) -> torch
         m = (seeds // (k * k)) % 2 == 1
         x = torch.where(m.view(-1, 1, 1, 1), x.flip(-1), x)
     return nchw(x)
-
-
-def nchw(x: torch.Tensor) -> torch.Tensor:
-    """``x`` with standard NCHW strides. ``.contiguous()`` is not enough: with one channel, channels-last
-    strides also count as contiguous, and CPU convs then run (and propagate) channels_last, where oneDNN
-    (torch 2.14) computes wrong weight gradients for 1x1 stride-2 convs with 2-7 input channels."""
-    if x.stride() == torch.empty(x.shape, device="meta").stride():
-        return x
-    return torch.empty(x.shape, dtype=x.dtype, device=x.device).copy_(x)
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:

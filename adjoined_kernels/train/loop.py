@@ -34,6 +34,7 @@ from .. import lambda_schedule
 from .. import models as ak_models
 from ..dan import dan_loss
 from ..export import export_full, export_small
+from ..layout import as_layout, memory_format, to_training_layout
 from ..ops.loss import adjoined_loss
 from . import checkpoint as ckpt
 from .data import Dataset, augmenting, normalize
@@ -86,24 +87,7 @@ def build_net(args, ds: Dataset, device):
     elif args.method == "kd":
         from ..baselines import build_kd
         model = build_kd(args, ds, model, device)
-    model = model.to(device)
-    if channels_last_ok(model, device):
-        model = model.to(memory_format=torch.channels_last)
-    return model
-
-
-def channels_last_ok(model, device) -> bool:
-    """Whether to train in channels_last, the fast layout on CUDA and on CPU (oneDNN).
-
-    oneDNN in torch 2.14 computes wrong weight gradients for a 1x1 stride-2 conv whose channels_last input
-    has 2-7 channels, so on CPU a model with such a conv input width stays NCHW.
-    """
-    if device.type == "cuda":
-        return True
-    widths = set()
-    for m in model.modules():
-        widths.update({getattr(m, "in_channels", 1), getattr(m, "small_in_channels", 1)})
-    return all(w == 1 or w >= 8 for w in widths)
+    return model.to(device)
 
 
 def make_optimizer(args, params):
@@ -182,9 +166,9 @@ def evaluate(net, method, ds: Dataset, device, loader, amp: bool = False, world:
     was_training = net.training
     net.eval()
     counts = torch.zeros(3, dtype=torch.int64, device=device)  # correct full, correct small, images
-    cl = channels_last_ok(net, device)
+    fmt = memory_format(net, device)
     for xb, yb in loader:
-        x, y = _prep(xb, ds, device, cl), yb.to(device, non_blocking=True)
+        x, y = _prep(xb, ds, device, fmt), yb.to(device, non_blocking=True)
         with _autocast(device, amp):
             out = net(x)
         full, small = (out[0], out[1]) if method in ("adjoined", SEARCH) else \
@@ -223,9 +207,8 @@ def gpu_algorithms(deterministic: bool):
         torch.use_deterministic_algorithms(old[2], warn_only=old[3])
 
 
-def _prep(x_u8, ds: Dataset, device, channels_last: bool):
-    x = normalize(x_u8.to(device, non_blocking=True), ds.mean, ds.std)
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+def _prep(x_u8, ds: Dataset, device, fmt: torch.memory_format):
+    return as_layout(normalize(x_u8.to(device, non_blocking=True), ds.mean, ds.std), fmt)
 
 
 def _autocast(device, amp: bool, cache: bool = True):
@@ -271,6 +254,7 @@ def train(args, ds, device, log=print, net=None, world: World | None = None):
         return run_phased(args, ds, device, log)
     world = world or World()
     model = build_net(args, ds, device) if net is None else net
+    model, fmt = to_training_layout(model, device)  # teachers and pruned networks included
     model, replica = prepare(model, world, device, getattr(args, "sync_bn", False))
     search = args.method == SEARCH
     opt = make_optimizer(args, model.weight_parameters() if search else model.parameters())
@@ -303,7 +287,6 @@ def train(args, ds, device, log=print, net=None, world: World | None = None):
                 f.write(json.dumps(rec) + "\n")
 
     method, amp = args.method, args.amp and device.type == "cuda"
-    cl = channels_last_ok(model, device)
     graphs = getattr(args, "cuda_graphs", False)
     body = step_body(replica, method, args, device, amp, graphs, model)
     if graphs:  # captured at the first step, after any resume (the graph holds the parameters' addresses)
@@ -330,7 +313,7 @@ def train(args, ds, device, log=print, net=None, world: World | None = None):
         with anomaly:
             for i, (xb, yb) in enumerate(train_loader, start=skip):
                 lam = lambda_schedule(min(step / total, 1.0), args.lam_schedule, args.lam_scale)
-                x, y = _prep(xb, ds, device, cl), yb.to(device, non_blocking=True)
+                x, y = _prep(xb, ds, device, fmt), yb.to(device, non_blocking=True)
                 if not graphs:
                     opt.zero_grad(set_to_none=True)
                 if arch_opt is not None:

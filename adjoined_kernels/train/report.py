@@ -12,6 +12,8 @@ import warnings
 
 import torch
 
+from ..layout import as_layout, to_training_layout
+
 
 def count_params(net) -> int | None:
     return None if net is None else sum(p.numel() for p in net.parameters())
@@ -34,11 +36,8 @@ def latency_ms(net, shape, batch: int, device: torch.device, runs: int = 10, war
     if net is None or runs < 1:
         return None
     warmup = max(1, min(warmup, runs))
-    net = copy.deepcopy(net).to(device).float().eval()
-    x = torch.randn(batch, *shape, device=device)
-    if device.type == "cuda":
-        net = net.to(memory_format=torch.channels_last)
-        x = x.contiguous(memory_format=torch.channels_last)
+    net, fmt = to_training_layout(copy.deepcopy(net).float().eval(), device)
+    x = as_layout(torch.randn(batch, *shape, device=device), fmt)
     times = []
     with torch.inference_mode():
         for i in range(warmup + runs):
