@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 DATA := /usr/share/datasets/fashion-mnist
 STAMP := $(VENV)/.setup-stamp
 
-.PHONY: setup data demo dan-demo reproduce test bench bench-gpu gpu-verify clean
+.PHONY: setup data demo dan-demo reproduce test test-avx2 bench bench-gpu gpu-verify clean
 
 setup: $(STAMP) data
 
@@ -41,8 +41,17 @@ reproduce: setup
 	$(PY) python/reproduce/paper_claims.py --dataset fashion-mnist --seeds 3 --subset 5000 --epochs 3 --out runs/claims
 	cp runs/claims/claims.md runs/claims/claims.csv runs/claims/claims.png python/reproduce/results/
 
+# -n 1: the tests run in one pytest-xdist worker, so a native crash (a oneDNN abort) fails the test that
+# crashed, the worker is replaced and the run goes on.
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 1 tests
+
+# The parts that train or call oneDNN once more with ATen's and oneDNN's AVX2 kernels, the ones an AVX2-only
+# CPU runs (docs/kernels.md, "Memory format on CPU"); .ci/run runs it after `make test`.
+AVX2_TESTS := tests/test_train.py tests/test_baselines.py tests/test_dan.py tests/test_dan_cli.py \
+	tests/test_adjoin.py tests/test_adjoin_patterns.py tests/test_adjoin_torchvision.py tests/test_cpu_layout.py tests/ops
+test-avx2: setup
+	ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 $(PY) -m pytest -q -n 1 $(AVX2_TESTS)
 
 bench: setup
 	cd bench && ../$(PY) -m pytest -q test_cpu.py --benchmark-json=results/$$(date -u +%Y-%m-%d)-cpu.json

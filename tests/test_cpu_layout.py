@@ -125,3 +125,15 @@ def test_pwh_trains_every_phase_with_avx2_kernels(tmp_path):
     for phase in ("phase1-iter1", "phase2-iter2"):
         assert (tmp_path / "pwh" / phase / "checkpoint.pt").is_file()
     assert (tmp_path / "pwh" / "summary.json").is_file()
+
+
+def test_the_avx2_switches_take_effect():
+    """What CI's second pass relies on (.ci/run, make test-avx2): with the two switches, ATen reports AVX2 and
+    oneDNN runs AVX2 conv kernels, whatever this CPU has."""
+    code = ("import torch, torch.nn.functional as F; print('capability', torch.backends.cpu.get_cpu_capability()); "
+            "F.conv2d(torch.randn(2, 8, 6, 6).contiguous(memory_format=torch.channels_last), torch.randn(8, 8, 3, 3))")
+    env = {**os.environ, **AVX2, "ONEDNN_VERBOSE": "1"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120).stdout
+    assert "capability AVX2" in out
+    convs = [ln.split(",")[6] for ln in out.splitlines() if ln.startswith("onednn_verbose") and ",exec,cpu,conv" in ln]
+    assert convs and all(c.endswith(":avx2") for c in convs), convs
