@@ -4,17 +4,16 @@ included), DAN and the benchmarks (docs/kernels.md, "Memory format on CPU").
 On CUDA it is channels_last (NHWC), the layout the fused kernels and cuDNN's implicit GEMM prefer. On CPU,
 ATen hands channels_last convs to oneDNN, whose kernels depend on the instruction set. On an AVX2 CPU (or with
 ``ONEDNN_MAX_CPU_ISA=AVX2``), oneDNN 3.12 in torch 2.14 corrupts the heap in the weight gradient (wgrad,
-``jit_1x1:avx2`` backward_weights) of a 1x1 stride-2 conv whose channels_last input has 2 to 6 channels: glibc
-then aborts the process ("corrupted double-linked list", "double free or corruption"). Earlier runs also saw
-wrong weight gradients for such convs. ``bench/onednn_conv_scan.py`` maps which geometries go wrong; its
-results are in ``bench/results/``.
+``jit_1x1:avx2`` backward_weights) of a 1x1 stride-2 conv whose channels_last input has 2 to 7 channels: glibc
+then aborts the process ("corrupted double-linked list", "double free or corruption") or it segfaults.
+``bench/onednn_conv_scan.py`` maps which geometries go wrong; its results are in ``bench/results/``.
 
 The policy, from those measurements: channels_last on CPU only when every conv, in the full and in the small
 branch, reads a multiple of 8 channels (oneDNN's AVX2 block), or is wider than 1x1 and reads at most 4 (image
 stems: gray, RGB, RGBA; narrow small branches), both measured safe; NCHW otherwise. Widths such as 10 or 12
-passed the scan too, but it cannot cover every geometry, so a partial block stays out. A model whose layout is NCHW is converted to it
-explicitly: a pruned or reused network (a PWH teacher) can hold channels_last weights, and one channels_last
-operand makes the conv run channels_last.
+passed the scan too, but it cannot cover every geometry, so a partial block stays out. A model whose layout
+is NCHW is converted to it explicitly: a pruned or reused network (a PWH teacher) can hold channels_last
+weights, and one channels_last operand makes the conv run channels_last.
 """
 from __future__ import annotations
 
