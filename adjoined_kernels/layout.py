@@ -8,20 +8,20 @@ ATen hands channels_last convs to oneDNN, whose kernels depend on the instructio
 then aborts the process ("corrupted double-linked list", "double free or corruption") or it segfaults.
 ``bench/onednn_conv_scan.py`` maps which geometries go wrong; its results are in ``bench/results/``.
 
-The policy, from those measurements: channels_last on CPU only when every conv, in the full and in the small
-branch, reads a multiple of 8 channels (oneDNN's AVX2 block), or is wider than 1x1 and reads at most 4 (image
-stems: gray, RGB, RGBA; narrow small branches), both measured safe; NCHW otherwise. Widths such as 10 or 12
-passed the scan too, but it cannot cover every geometry, so a partial block stays out. A model whose layout
-is NCHW is converted to it explicitly: a pruned or reused network (a PWH teacher) can hold channels_last
-weights, and one channels_last operand makes the conv run channels_last.
+The policy, from those measurements: channels_last on CPU unless a conv, in the full or the small branch,
+reads a partial first AVX2 block (2 to 7 channels); a conv with a kernel larger than 1x1 reading at most 4
+(image stems: gray, RGB, RGBA) is exempt, measured safe. Wider inputs, whole blocks or not (9, 10, 20, 40),
+were safe in every scanned geometry and stay channels_last. A model whose layout is NCHW is converted to it
+explicitly: a pruned or reused network (PWH's next teacher) can hold channels_last weights, and one
+channels_last operand makes the conv run channels_last; that mix is how PWH reached the defect.
 """
 from __future__ import annotations
 
 import torch
 
-# oneDNN blocks channels by 8 on AVX2 (16 on AVX-512); every measured bad case reads fewer than a block.
+# oneDNN blocks channels by 8 on AVX2 (16 on AVX-512); every measured bad case reads 2 to 7 channels.
 CPU_BLOCK = 8
-# The widest input measured safe in channels_last for every kernel larger than 1x1 (3x3, strides 1 and 2).
+# The widest input kept channels_last through a kernel larger than 1x1 (3x3, 5x5 and 7x7 measured safe).
 CPU_NARROW_WIDTH = 4
 
 
@@ -45,7 +45,7 @@ def cpu_channels_last_blockers(model: torch.nn.Module) -> list[str]:
     bad = []
     for name, c, k, s in conv_inputs(model):
         narrow = c <= CPU_NARROW_WIDTH and k != (1, 1)
-        if c % CPU_BLOCK and not narrow:
+        if 1 < c < CPU_BLOCK and not narrow:
             bad.append(f"{name or 'model'} ({c} in, {k[0]}x{k[1]}, stride {s[0]})")
     return bad
 
