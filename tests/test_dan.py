@@ -7,7 +7,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import adjoined_kernels as ak
-from adjoined_kernels.dan import dan_loss, flops_penalty, tau_at
+from adjoined_kernels.dan import dan_loss, flops_penalty, tau_at, tau_at_step
 from adjoined_kernels.export import export_full
 from adjoined_kernels.models import AdjoinedResNet, StageWidths
 from adjoined_kernels.nn import AdjoinedBatchNorm2d
@@ -230,3 +230,36 @@ def test_tau_schedule():
     assert tau_at(0) == 15.0
     assert tau_at(10) == pytest.approx(15.0 * math.exp(-0.45))
     assert tau_at(3, 2.0, 0.1) == pytest.approx(2.0 * math.exp(-0.3))
+
+
+def test_band_term_is_keyed_on_the_argmax_network():
+    """TAS-style band: +E/full above the target, -E/full below (1 - tol) * target, 0 inside (docs/dan.md)."""
+    e = torch.tensor(30.0, requires_grad=True)
+    for arg, sign in ((41.0, 1.0), (40.0, 0.0), (38.5, 0.0), (37.9, -1.0)):
+        got = flops_penalty(e, 100.0, 0.4, torch.tensor(arg), tolerance=0.05)
+        assert got.item() == pytest.approx(sign * 0.3), arg
+    torch.manual_seed(0)
+    lf, ls, y = torch.randn(5, 4), torch.randn(5, 4), torch.randint(0, 4, (5,))
+    base = ak.adjoined_loss(lf, ls, y, 0.5, backend="reference")
+    below = dan_loss(lf, ls, y, 0.5, e, 100.0, 2.0, 0.4, argmax_flops=10.0, backend="reference")
+    torch.testing.assert_close(below, base - 0.5 * 2.0 * 0.3)
+    below.backward()
+    assert e.grad.item() == pytest.approx(-0.5 * 2.0 / 100.0)  # pushes E[FLOPs] up
+    with pytest.raises(ValueError, match="flops_tolerance"):
+        dan_loss(lf, ls, y, 0.5, e, 100.0, 2.0, 0.4, argmax_flops=10.0, flops_tolerance=1.0)
+
+
+def test_argmax_small_flops_counts_the_argmax_network():
+    gen = torch.Generator().manual_seed(4)
+    net = ak.models.adjoined_resnet18(num_classes=5, stem="cifar", width=8, search_alphas=(1, 2, 4))
+    for eta in net.arch_parameters():
+        eta.data.copy_(torch.randn(3, generator=gen))
+    found = ak.models.adjoined_resnet18(num_classes=5, stem="cifar", width=8, small_widths=net.searched_widths())
+    assert net.argmax_small_flops((12, 12)).item() == found.small_flops((12, 12))
+
+
+def test_tau_per_step_schedule():
+    assert tau_at_step(0, 100, 15.0, 0.5) == 15.0
+    assert tau_at_step(99, 100, 15.0, 0.5) == pytest.approx(0.5)
+    assert tau_at_step(33, 100, 15.0, 0.5) == pytest.approx(15.0 * (0.5 / 15.0) ** (33 / 99))
+    assert tau_at_step(0, 1, 15.0, 0.5) == 15.0
