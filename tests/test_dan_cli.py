@@ -144,6 +144,10 @@ def test_dan_demo_end_to_end_and_resume(idx_dir, tmp_path, capsys):
     assert demo.main(argv) == 0
     table = (tmp_path / "table.md").read_text()
     assert "DAN small (searched widths)" in table and " ± " in table and "2 seed(s)" in table
+    assert "counted FLOPs are within [0.95, 1.00]" in table
+    runs = json.loads((tmp_path / "results.json").read_text())["runs"]
+    assert all(19 * r["uniform"]["flops_small"] <= 20 * r["dan"]["flops_small"] <= 20 * r["uniform"]["flops_small"]
+               for r in runs)
     capsys.readouterr()
     assert demo.main(argv) == 0
     assert capsys.readouterr().out.count("exists, skipping that run") == 6
