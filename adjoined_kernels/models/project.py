@@ -25,7 +25,6 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 import torch
@@ -76,6 +75,7 @@ class _Problem:
         self.c0 = model.layer1[-1].out
         self.first = list(itertools.accumulate([0] + [len(st.inner) for st in self.layout]))  # first block per stage
         self.classes = model.fc.out_features
+        self._rest: dict = {}  # memo of rest(); per problem, so nothing outlives it
 
     def cands(self, g: int) -> tuple[int, ...]:
         return self.gates[g].widths
@@ -90,10 +90,15 @@ class _Problem:
         lp = [sum(float(self.logp[g][k]) for g, k in zip(gs, ks)) for ks in combos]
         return np.array(f, dtype=np.int64), np.array(lp, dtype=np.float64), combos
 
-    @lru_cache(maxsize=None)
     def rest(self, s: int, b: int, out: int, pick) -> int:
         """FLOPs after block ``b`` of stage ``s`` (stream width ``out``) to the logits, with every width not
         yet chosen at its narrowest (``pick=min``) or widest (``pick=max``): the bounds of what is to come."""
+        key = (s, b, out, pick)
+        if key not in self._rest:
+            self._rest[key] = self._count_rest(s, b, out, pick)
+        return self._rest[key]
+
+    def _count_rest(self, s: int, b: int, out: int, pick) -> int:
         total, c_in = 0, out
         for si in range(s, len(self.layout)):
             st = self.layout[si]
