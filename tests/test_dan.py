@@ -263,3 +263,19 @@ def test_tau_per_step_schedule():
     assert tau_at_step(99, 100, 15.0, 0.5) == pytest.approx(0.5)
     assert tau_at_step(33, 100, 15.0, 0.5) == pytest.approx(15.0 * (0.5 / 15.0) ** (33 / 99))
     assert tau_at_step(0, 1, 15.0, 0.5) == 15.0
+
+
+def test_trainer_tau_hooks_follow_the_chosen_schedule():
+    from types import SimpleNamespace
+
+    from adjoined_kernels.train.search import set_step_tau, start_epoch
+    net = ak.models.adjoined_resnet18(num_classes=3, width=8, stem="cifar", search_alphas=(1, 2))
+    per_step = SimpleNamespace(tau_schedule="step", tau0=15.0, tau_end=0.5, tau_decay=0.045)
+    start_epoch(per_step, net, 3)
+    assert net.tau == 15.0  # the epoch hook leaves a per-step schedule alone
+    set_step_tau(per_step, net, 10, 21)
+    assert net.tau == pytest.approx(tau_at_step(10, 21, 15.0, 0.5))
+    per_epoch = SimpleNamespace(tau_schedule="epoch", tau0=15.0, tau_end=0.5, tau_decay=0.045)
+    start_epoch(per_epoch, net, 3)
+    set_step_tau(per_epoch, net, 10, 21)  # and the step hook leaves a per-epoch schedule alone
+    assert net.tau == pytest.approx(tau_at(3))
