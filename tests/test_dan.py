@@ -21,7 +21,8 @@ def counted(net, hw, in_ch):
 
 
 def one_hot_gates(net, gen):
-    """Random well-separated eta with a tiny tau: softmax(eta / tau) is exactly one-hot, noise cannot flip it."""
+    """Random well-separated eta (gaps of 100) with a tiny tau: softmax(eta) and softmax(eta / tau) are one-hot
+    to float precision, and noise cannot flip the Gumbel-max sample."""
     for eta in net.arch_parameters():
         eta.data.copy_(torch.randperm(eta.numel(), generator=gen).float() * 100)
     net.tau = 1e-3
