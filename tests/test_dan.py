@@ -7,7 +7,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import adjoined_kernels as ak
-from adjoined_kernels.dan import dan_loss, flops_penalty, tau_at
+from adjoined_kernels.dan import dan_loss, flops_penalty, tau_at, tau_at_step
 from adjoined_kernels.export import export_full
 from adjoined_kernels.models import AdjoinedResNet, StageWidths
 from adjoined_kernels.nn import AdjoinedBatchNorm2d
@@ -21,7 +21,8 @@ def counted(net, hw, in_ch):
 
 
 def one_hot_gates(net, gen):
-    """Random well-separated eta with a tiny tau: softmax(eta / tau) is exactly one-hot, noise cannot flip it."""
+    """Random well-separated eta (gaps of 100) with a tiny tau: softmax(eta) and softmax(eta / tau) are one-hot
+    to float precision, and noise cannot flip the Gumbel-max sample."""
     for eta in net.arch_parameters():
         eta.data.copy_(torch.randperm(eta.numel(), generator=gen).float() * 100)
     net.tau = 1e-3
@@ -64,7 +65,7 @@ def test_expected_flops_soft_gates_equal_enumeration():
         eta.data.normal_()
     net.tau = 0.7
     gates = net.search.gates
-    probs = [g.probs(net.search.tau).detach().double() for g in gates]
+    probs = [g.probs().detach().double() for g in gates]  # softmax(eta): tau plays no part
     total = 0.0
     for choice in itertools.product(range(2), repeat=len(gates)):
         w = [g.widths[c] for g, c in zip(gates, choice)]
@@ -75,6 +76,8 @@ def test_expected_flops_soft_gates_equal_enumeration():
         total += p * counted(ak.export_small(small), hw, 2)
     got = net.expected_small_flops(hw).item()
     assert abs(got - total) <= 1e-6 * total
+    net.tau = 9.0  # E[FLOPs] is over softmax(eta), the law of the Gumbel-max sample: tau plays no part
+    assert net.expected_small_flops(hw).item() == got
 
 
 def test_expected_flops_needs_a_size_and_a_search_net():
@@ -152,7 +155,7 @@ def test_gumbel_noise_fresh_every_training_forward_and_absent_in_eval():
     with torch.no_grad():
         a, b = net(x)[1], net(x)[1]
     assert torch.equal(a, b)
-    probs = net.search.gates[0].probs(net.search.tau)
+    probs = net.search.gates[0].relaxed(net.search.tau)
     torch.testing.assert_close(net.search.block_scales(noise=False)[0][1], net.search.gates[0].scale(probs))
     calls = []
     gate_cls = type(net.search.gates[0])
@@ -228,3 +231,52 @@ def test_tau_schedule():
     assert tau_at(0) == 15.0
     assert tau_at(10) == pytest.approx(15.0 * math.exp(-0.45))
     assert tau_at(3, 2.0, 0.1) == pytest.approx(2.0 * math.exp(-0.3))
+
+
+def test_band_term_is_keyed_on_the_argmax_network():
+    """TAS-style band: +E/full above the target, -E/full below (1 - tol) * target, 0 inside (docs/dan.md)."""
+    e = torch.tensor(30.0, requires_grad=True)
+    for arg, sign in ((41.0, 1.0), (40.0, 0.0), (38.5, 0.0), (37.9, -1.0)):
+        got = flops_penalty(e, 100.0, 0.4, torch.tensor(arg), tolerance=0.05)
+        assert got.item() == pytest.approx(sign * 0.3), arg
+    torch.manual_seed(0)
+    lf, ls, y = torch.randn(5, 4), torch.randn(5, 4), torch.randint(0, 4, (5,))
+    base = ak.adjoined_loss(lf, ls, y, 0.5, backend="reference")
+    below = dan_loss(lf, ls, y, 0.5, e, 100.0, 2.0, 0.4, argmax_flops=10.0, backend="reference")
+    torch.testing.assert_close(below, base - 0.5 * 2.0 * 0.3)
+    below.backward()
+    assert e.grad.item() == pytest.approx(-0.5 * 2.0 / 100.0)  # pushes E[FLOPs] up
+    with pytest.raises(ValueError, match="flops_tolerance"):
+        dan_loss(lf, ls, y, 0.5, e, 100.0, 2.0, 0.4, argmax_flops=10.0, flops_tolerance=1.0)
+
+
+def test_argmax_small_flops_counts_the_argmax_network():
+    gen = torch.Generator().manual_seed(4)
+    net = ak.models.adjoined_resnet18(num_classes=5, stem="cifar", width=8, search_alphas=(1, 2, 4))
+    for eta in net.arch_parameters():
+        eta.data.copy_(torch.randn(3, generator=gen))
+    found = ak.models.adjoined_resnet18(num_classes=5, stem="cifar", width=8, small_widths=net.searched_widths())
+    assert net.argmax_small_flops((12, 12)).item() == found.small_flops((12, 12))
+
+
+def test_tau_per_step_schedule():
+    assert tau_at_step(0, 100, 15.0, 0.5) == 15.0
+    assert tau_at_step(99, 100, 15.0, 0.5) == pytest.approx(0.5)
+    assert tau_at_step(33, 100, 15.0, 0.5) == pytest.approx(15.0 * (0.5 / 15.0) ** (33 / 99))
+    assert tau_at_step(0, 1, 15.0, 0.5) == 15.0
+
+
+def test_trainer_tau_hooks_follow_the_chosen_schedule():
+    from types import SimpleNamespace
+
+    from adjoined_kernels.train.search import set_step_tau, start_epoch
+    net = ak.models.adjoined_resnet18(num_classes=3, width=8, stem="cifar", search_alphas=(1, 2))
+    per_step = SimpleNamespace(tau_schedule="step", tau0=15.0, tau_end=0.5, tau_decay=0.045)
+    start_epoch(per_step, net, 3)
+    assert net.tau == 15.0  # the epoch hook leaves a per-step schedule alone
+    set_step_tau(per_step, net, 10, 21)
+    assert net.tau == pytest.approx(tau_at_step(10, 21, 15.0, 0.5))
+    per_epoch = SimpleNamespace(tau_schedule="epoch", tau0=15.0, tau_end=0.5, tau_decay=0.045)
+    start_epoch(per_epoch, net, 3)
+    set_step_tau(per_epoch, net, 10, 21)  # and the step hook leaves a per-epoch schedule alone
+    assert net.tau == pytest.approx(tau_at(3))

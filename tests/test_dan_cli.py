@@ -7,10 +7,11 @@ import torch
 from test_train import FAST, idx_dir  # noqa: F401 - idx_dir is a fixture
 
 import adjoined_kernels as ak
-from adjoined_kernels.dan import tau_at
+from adjoined_kernels.dan import tau_at_step
 from adjoined_kernels.train import cli
 
-SEARCH = ["--subset", "64", "--search-alphas", "1", "2", "4", "--tau-decay", "0.5", "--arch-lr", "0.2",
+SEARCH = ["--subset", "64", "--search-alphas", "1", "2", "4", "--tau-end", "0.5", "--arch-lr", "0.2",
+          "--flops-target", "0.5", "--flops-tolerance", "0.1",
           "--no-onnx", "--device", "cpu", *FAST, "--bench-runs", "0"]
 
 
@@ -28,10 +29,25 @@ def test_search_writes_arch_json_metrics_and_plot(searched):
     assert len(arch["layers"]) == 9  # per stage: the residual stream and two inner convs
     for layer in arch["layers"]:
         assert abs(sum(layer["probs"]) - 1) < 1e-5
-        assert layer["width"] == layer["candidates"][max(range(3), key=layer["probs"].__getitem__)]
-    assert 0 < arch["flops"]["small"] <= arch["flops"]["full"]
+        assert layer["probs"] == pytest.approx(torch.softmax(torch.tensor(layer["eta"]), 0).tolist(), abs=1e-6)
+        assert layer["argmax"] == layer["candidates"][max(range(3), key=layer["probs"].__getitem__)]
+    fl = arch["flops"]
+    assert fl["budget"] == pytest.approx(0.5 * fl["full"]) and fl["band"] == pytest.approx([0.45 * fl["full"], fl["budget"]])
+    assert fl["band"][0] <= fl["small"] <= fl["band"][1]  # the exported network, counted by flop_counter
+    assert fl["small_searched"] == fl["small"] - fl["shared"] and fl["argmax_searched"] == fl["argmax"] - fl["shared"]
+    assert arch["log_prob"]["given_up"] >= 0 and arch["log_prob"]["argmax"] <= 0
+    assert [w for la in arch["layers"] for w in [la["width"]]] == _flat(arch["small_widths"])
+    assert [w for la in arch["layers"] for w in [la["argmax"]]] == _flat(arch["argmax_widths"])
+    opts = arch["search_options"]
+    assert opts["tau_schedule"] == "step" and opts["tau_end"] == 0.5 and opts["arch_lr"] == 0.2 and opts["seed"] == 0
     recs = [json.loads(x) for x in (searched / "metrics.jsonl").read_text().splitlines()]
-    assert [r["tau"] for r in recs] == pytest.approx([tau_at(e, 15.0, 0.5) for e in range(3)])
+    total = recs[-1]["step"]
+    assert [r["tau"] for r in recs] == pytest.approx([tau_at_step(r["step"] - 1, total, 15.0, 0.5) for r in recs])
+    assert recs[-1]["tau"] == pytest.approx(0.5)
+    for r in recs:  # what will be exported is what the epoch's eval ran
+        assert fl["band"][0] <= r["projected_flops"] <= fl["band"][1] and r["argmax_flops"] > 0
+        assert set(r["eta"]) == set(r["probs"])
+    assert recs[-1]["projected_flops"] == fl["small"] and recs[-1]["test_acc_small"] == arch["projected_test_acc_small"]
     assert all(set(r["probs"]) == {la["name"] for la in arch["layers"]} for r in recs)
     assert recs[0]["probs"] != recs[-1]["probs"]  # the gates moved
 
@@ -71,6 +87,11 @@ def test_arch_json_trains_exports_and_counts_the_searched_network(idx_dir, searc
     assert (got - ls).norm() / ls.norm() < 1e-5
 
 
+def _flat(widths):
+    """Per stage: out, then the inner widths (the order of the gates)."""
+    return [w for st in widths for w in [st["out"], *sum(st["inner"], [])]]
+
+
 def _widths(arch):
     from adjoined_kernels.train.search import widths_from_json
     return widths_from_json(arch["small_widths"])
@@ -100,6 +121,8 @@ def test_arch_json_missing_or_malformed(idx_dir, tmp_path, capsys):
     (["--flops-target", "1.5"], "--flops-target"), (["--search-alphas", "2", "2"], "--search-alphas"),
     (["--search-alphas", "1", "3"], "layer2.out width=16 is not divisible by alpha=3"),
     (["--tau0", "0"], "--tau0"), (["--flops-weight", "nan"], "--flops-weight"),
+    (["--tau-end", "0"], "--tau-end"), (["--flops-tolerance", "1"], "--flops-tolerance"),
+    (["--flops-target", "0.01"], "the reachable FLOPs per image range from"),
 ])
 def test_search_bad_arguments_exit_2(idx_dir, tmp_path, capsys, extra, msg):
     argv = ["--data-dir", str(idx_dir), "--subset", "8", "--epochs", "1", "--out", str(tmp_path), *FAST, *extra]
@@ -121,6 +144,10 @@ def test_dan_demo_end_to_end_and_resume(idx_dir, tmp_path, capsys):
     assert demo.main(argv) == 0
     table = (tmp_path / "table.md").read_text()
     assert "DAN small (searched widths)" in table and " ± " in table and "2 seed(s)" in table
+    assert "counted FLOPs are within [0.95, 1.00]" in table
+    runs = json.loads((tmp_path / "results.json").read_text())["runs"]
+    assert all(19 * r["uniform"]["flops_small"] <= 20 * r["dan"]["flops_small"] <= 20 * r["uniform"]["flops_small"]
+               for r in runs)
     capsys.readouterr()
     assert demo.main(argv) == 0
     assert capsys.readouterr().out.count("exists, skipping that run") == 6

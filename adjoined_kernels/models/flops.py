@@ -45,6 +45,26 @@ def plain_flops(seq: nn.Module, hw):
     return total, hw
 
 
+def block_flops(blk, hw, c_in, inner, out):
+    """``(FLOPs, (H, W) after)`` of one adjoined block's branch at widths ``c_in -> inner... -> out`` on an
+    ``(H, W)`` input: its convs in order and the downsample conv on the block input (ints or 0-dim tensors)."""
+    ws = [c_in, *inner, out]
+    total, block_hw = 0, hw
+    for i, conv in enumerate(blk.convs):
+        f, hw = conv_flops(conv, hw, ws[i], ws[i + 1])
+        total = total + f
+    if blk.ds_conv is not None:
+        total = total + conv_flops(blk.ds_conv, block_hw, c_in, out)[0]
+    return total, hw
+
+
+def shared_flops(model, hw):
+    """``(FLOPs, (H, W) after)`` of the part both branches share: the stem and layer1."""
+    total, hw = plain_flops(model.stem, hw)
+    f, hw = plain_flops(model.layer1, hw)
+    return total + f, hw
+
+
 def adjoined_flops(model, widths: list[StageWidths], hw):
     """FLOPs per image of one branch of ``model`` (an AdjoinedResNet) on an ``(H, W)`` input.
 
@@ -52,20 +72,12 @@ def adjoined_flops(model, widths: list[StageWidths], hw):
     share the stem and layer1, and their first adjoined convs read the full-width shared tensor. Returns an
     int, or a 0-dim tensor when a width is one.
     """
-    total, hw = plain_flops(model.stem, hw)
-    f, hw = plain_flops(model.layer1, hw)
-    total += f
+    total, hw = shared_flops(model, hw)
     blocks = iter(model.adjoined)
     c_in = model.layer1[-1].out
     for st in widths:
         for inner in st.inner:
-            blk = next(blocks)
-            ws = [c_in, *inner, st.out]
-            block_hw = hw
-            for i, conv in enumerate(blk.convs):
-                f, hw = conv_flops(conv, hw, ws[i], ws[i + 1])
-                total = total + f
-            if blk.ds_conv is not None:
-                total = total + conv_flops(blk.ds_conv, block_hw, c_in, st.out)[0]
+            f, hw = block_flops(next(blocks), hw, c_in, inner, st.out)
+            total = total + f
             c_in = st.out
     return total + 2 * c_in * model.fc.out_features

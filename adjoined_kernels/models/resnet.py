@@ -166,7 +166,8 @@ class AdjoinedResNet(nn.Module):
         """Expected FLOPs per image of the searched small network (0-dim float32 tensor, differentiable w.r.t.
         every eta), at ``input_size=(H, W)`` or the most recent forward's spatial size.
 
-        Each width is replaced by its expectation under the noise-free ``softmax(eta / tau)``; a conv costs
+        Each width is replaced by its expectation under ``softmax(eta)`` (the law of the Gumbel-max sample,
+        independent of tau; docs/dan.md says why not ``softmax(eta / tau)``); a conv costs
         ``2 * kh * kw * P * Q * E[c_in] * E[c_out]``, where ``c_in`` is the width of the layer feeding it. The
         stem, layer1 and the classifier count too. With one-hot gates this equals
         ``torch.utils.flop_counter`` on the exported small network of :meth:`searched_widths`.
@@ -186,9 +187,36 @@ class AdjoinedResNet(nn.Module):
         """FLOPs per image of the full network, counted as :meth:`small_flops`."""
         return int(adjoined_flops(self, self.full_widths, self._hw(input_size)))
 
-    def searched_widths(self) -> list[StageWidths]:
-        """The most likely candidate width per searchable width, as ``small_widths`` for a new model."""
-        return self._need_search("searched_widths").argmax_widths()
+    def argmax_small_flops(self, input_size=None) -> torch.Tensor:
+        """FLOPs per image of the argmax architecture, a 0-dim float64 tensor on eta's device (no host sync;
+        not differentiable). The band term of :func:`adjoined_kernels.dan.dan_loss` keys on it."""
+        search = self._need_search("argmax_small_flops")
+        return adjoined_flops(self, search.argmax_width_tensors(), self._hw(input_size))
+
+    def project(self, flops_budget: float, tolerance: float = 0.05, input_size=None):
+        """The most likely architecture with counted FLOPs per image in ``[(1 - tolerance) * flops_budget,
+        flops_budget]``, with its FLOPs and log-probabilities: see
+        :func:`adjoined_kernels.models.project.project` (its errors too)."""
+        from .project import project
+        return project(self, flops_budget, tolerance, input_size)
+
+    def searched_widths(self, flops_budget=None, tolerance: float = 0.05, input_size=None) -> list[StageWidths]:
+        """The searched architecture, as ``small_widths`` for a new model.
+
+        Without ``flops_budget``: the most likely candidate of every gate (``argmax eta``). With it (FLOPs per
+        image, counted as :meth:`small_flops`): the widths that maximise ``sum_l log softmax(eta_l)[c_l]``
+        subject to counted FLOPs in ``[(1 - tolerance) * flops_budget, flops_budget]`` at ``input_size``
+        (default: the most recent forward's), solved exactly (:meth:`project`; docs/dan.md).
+
+        Raises:
+            ValueError: no architecture fits the band (the message names the smallest and largest reachable
+                FLOPs), a budget <= 0 or a tolerance outside [0, 1).
+            RuntimeError: not a search network; with a budget, no forward yet and no input_size.
+        """
+        search = self._need_search("searched_widths")
+        if flops_budget is None:
+            return search.argmax_widths()
+        return self.project(flops_budget, tolerance, input_size).widths
 
 
 def _factory(block, layers, name):

@@ -57,9 +57,20 @@ class WidthGate(nn.Module):
     def widest(self) -> int:
         return max(self.widths)
 
-    def probs(self, tau) -> torch.Tensor:
-        """Noise-free candidate probabilities ``softmax(eta / tau)``, ``[candidates]``."""
+    def probs(self) -> torch.Tensor:
+        """Candidate probabilities ``softmax(eta)``, ``[candidates]``: the law of the Gumbel-max sample
+        ``argmax(eta + G)`` and the distribution whose mode (or projection) is exported."""
+        return torch.softmax(self.eta, dim=0)
+
+    def relaxed(self, tau) -> torch.Tensor:
+        """The noise-free relaxed gate ``softmax(eta / tau)``, ``[candidates]`` (the eval mixture)."""
         return torch.softmax(self.eta / tau, dim=0)
+
+    def one_hot(self, index=None) -> torch.Tensor:
+        """The one-hot gate of candidate ``index`` (default: ``argmax eta``), ``[candidates]`` float32, made
+        on the device without a host sync."""
+        index = self.eta.detach().argmax() if index is None else torch.tensor(index, device=self.eta.device)
+        return torch.nn.functional.one_hot(index, self.eta.numel()).to(self.eta.dtype)
 
     def gumbel_weights(self, tau) -> torch.Tensor:
         """``softmax((eta + G) / tau)`` with fresh Gumbel(0, 1) noise ``G = -log(E)``, ``E ~ Exp(1)``."""
@@ -70,9 +81,9 @@ class WidthGate(nn.Module):
         """The channel scale ``s[c] = sum_{i: c < c_i} g_i``, ``[widest]``."""
         return g @ self.mask
 
-    def expected_width(self, tau) -> torch.Tensor:
-        """``E[c] = sum_i softmax(eta / tau)_i c_i``, a 0-dim tensor differentiable w.r.t. eta."""
-        return self.probs(tau) @ self.cand
+    def expected_width(self) -> torch.Tensor:
+        """``E[c] = sum_i softmax(eta)_i c_i``, a 0-dim tensor differentiable w.r.t. eta."""
+        return self.probs() @ self.cand
 
     def argmax_width(self) -> int:
         return self.widths[int(self.eta.detach().argmax())]
@@ -105,6 +116,8 @@ class WidthSearch(nn.Module):
                      for b, blk in enumerate(st.inner)]
             self.layout.append(StageWidths(out, inner))
         self.register_buffer("tau", torch.tensor(float(tau)))
+        # eval forwards use one-hot gates of these candidate indices (one per gate) when set; not saved
+        self.eval_choice: list[int] | None = None
 
     def _add(self, name: str, full: int) -> int:
         self.gates.append(WidthGate(name, full, self.alphas))
@@ -123,17 +136,32 @@ class WidthSearch(nn.Module):
         return self._map(lambda g: g.argmax_width())
 
     def expected_widths(self) -> list[StageWidths]:
-        """Every width's expectation under ``softmax(eta / tau)`` (0-dim tensors)."""
-        return self._map(lambda g: g.expected_width(self.tau))
+        """Every width's expectation under ``softmax(eta)`` (0-dim tensors, differentiable w.r.t. eta)."""
+        return self._map(lambda g: g.expected_width())
+
+    def argmax_width_tensors(self) -> list[StageWidths]:
+        """The argmax widths as 0-dim float64 tensors on eta's device (no host sync; exact for widths)."""
+        return self._map(lambda g: g.one_hot().double() @ g.cand.double())
 
     def block_scales(self, noise: bool) -> list[tuple[list[torch.Tensor], torch.Tensor]]:
-        """Per block, in model order: ``(inner scales, out scale)``. ``noise``: Gumbel weights (training);
-        otherwise the noise-free ``softmax(eta / tau)``. A stage's out gate draws one sample per call."""
-        weights = [g.gumbel_weights(self.tau) if noise else g.probs(self.tau) for g in self.gates]
+        """Per block, in model order: ``(inner scales, out scale)``. ``noise``: Gumbel weights (training).
+        Otherwise one-hot gates of :attr:`eval_choice` when it is set (the architecture to export, run through
+        the super-network), else the noise-free ``softmax(eta / tau)``. A stage's out gate draws one sample
+        per call."""
+        if noise:
+            weights = [g.gumbel_weights(self.tau) for g in self.gates]
+        elif self.eval_choice is not None:
+            weights = [g.one_hot(k) for g, k in zip(self.gates, self.eval_choice)]
+        else:
+            weights = [g.relaxed(self.tau) for g in self.gates]
         scales = [g.scale(w) for g, w in zip(self.gates, weights)]
         return [([scales[i] for i in blk], scales[st.out]) for st in self.layout for blk in st.inner]
 
     def probabilities(self) -> dict[str, list[float]]:
-        """``{gate name: softmax(eta / tau) as floats}``, for logs and reports."""
+        """``{gate name: softmax(eta) as floats}``, for logs and reports."""
         with torch.no_grad():
-            return {g.name: [float(p) for p in g.probs(self.tau)] for g in self.gates}
+            return {g.name: [float(p) for p in g.probs()] for g in self.gates}
+
+    def etas(self) -> dict[str, list[float]]:
+        """``{gate name: eta as floats}``, for logs and reports."""
+        return {g.name: [float(e) for e in g.eta.detach().cpu()] for g in self.gates}

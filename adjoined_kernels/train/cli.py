@@ -194,16 +194,24 @@ def _baseline_options(p) -> None:
 
 
 def _search_options(p) -> None:
-    from ..dan import TAU0, TAU_DECAY
+    from ..dan import TAU0, TAU_DECAY, TAU_END
     g = p.add_argument_group("DAN search (the paper's Sec. 5; docs/dan.md)")
     g.add_argument("--search-alphas", type=int, nargs="+", default=[1, 2, 4, 8, 16], metavar="A",
                    help="candidate width divisors of every searchable width")
     g.add_argument("--flops-weight", type=float, default=1.0,
                    help="weight of E[FLOPs] / FLOPs_full in the loss (the paper's gamma, on normalised FLOPs)")
     g.add_argument("--flops-target", type=float, default=None, metavar="F",
-                   help="penalise only E[FLOPs] above F * FLOPs_full (a fraction in (0, 1])")
+                   help="FLOPs budget F * FLOPs_full (a fraction in (0, 1]): the loss keeps the argmax network in "
+                        "the band [(1 - tol) F, F] of FLOPs_full, and arch.json exports the most likely widths in it")
+    g.add_argument("--flops-tolerance", type=float, default=0.05, metavar="TOL",
+                   help="width of the FLOPs band below --flops-target, a fraction in [0, 1)")
     g.add_argument("--tau0", type=float, default=TAU0, help="initial Gumbel-softmax temperature")
-    g.add_argument("--tau-decay", type=float, default=TAU_DECAY, help="tau is multiplied by exp(-this) every epoch")
+    g.add_argument("--tau-schedule", choices=["step", "epoch"], default="step",
+                   help="step: from --tau0 to --tau-end geometrically every step; epoch: the paper's, x exp(-"
+                        "--tau-decay) per epoch")
+    g.add_argument("--tau-end", type=float, default=TAU_END, help="tau of the last step (--tau-schedule step)")
+    g.add_argument("--tau-decay", type=float, default=TAU_DECAY,
+                   help="tau is multiplied by exp(-this) every epoch (--tau-schedule epoch)")
     g.add_argument("--arch-lr", type=float, default=1e-2, help="Adam learning rate of the gate logits")
 
 
@@ -298,6 +306,9 @@ def _run(args, world=None, device=None) -> int:
     try:
         torch.manual_seed(args.seed)
         probe = build_adjoined(args, ds)  # validates arch/width/alpha before anything is written
+        if args.method == "search":
+            from .search import check_budget
+            check_budget(args, ds, probe)  # a budget no architecture meets fails now, not after the search
     except (ValueError, TypeError) as e:
         what = f"alpha {args.alpha}" if args.method != "search" else f"search alphas {args.search_alphas}"
         name = args.arch if args.arch.startswith("tv:") else f"adjoined_{args.arch} (width {args.width})"

@@ -7,7 +7,8 @@ Methods:
 - ``small``: the plain small network alone from scratch (``export_small`` of a freshly initialised adjoined
   model: the same initial weights as the small branch of an ``adjoined`` run), CE only.
 - ``search`` (``adjoined-search``): the DAN search network, loss :func:`adjoined_kernels.dan.dan_loss`; the
-  gate logits train with their own Adam and tau follows its per-epoch schedule (:mod:`.search`).
+  gate logits train with their own Adam, tau follows its schedule and the eval runs the network to export
+  (:mod:`.search`).
 - ``kd``, ``kddp``, ``pwh``: the comparison baselines, students of a frozen ``--teacher``
   (:mod:`adjoined_kernels.baselines`, docs/baselines.md); ``kddp`` and ``pwh`` train in phases, each one run
   of :func:`train` with its own checkpoint.
@@ -42,7 +43,7 @@ from .distributed import World, all_reduce_sum, prepare
 from .graphed import GraphedStep
 from .guard import Guard, detect_anomaly
 from .loader import EpochBatches, ShardBatches, make_loader
-from .search import epoch_record, make_arch_optimizer
+from .search import epoch_record, eval_projected, make_arch_optimizer, set_step_tau
 from .search import start_epoch as start_search_epoch
 
 SEARCH = "search"  # the method of adjoined-search (DAN)
@@ -122,8 +123,10 @@ def forward_loss(net, method, x, y, lam, args, model=None):
         return adjoined_loss(lf, ls, y, lam, temperature=args.temperature, backend=args.backend), lf, ls
     if method == SEARCH:
         lf, ls = net(x)
+        arg = model.argmax_small_flops() if args.flops_target is not None else None  # the band's key
         loss = dan_loss(lf, ls, y, lam, model.expected_small_flops(), model.full_flops(), args.flops_weight,
-                        args.flops_target, temperature=args.temperature, backend=args.backend)
+                        args.flops_target, arg, args.flops_tolerance, temperature=args.temperature,
+                        backend=args.backend)
         return loss, lf, ls
     if method in SMALL_ONLY[1:]:
         from ..baselines import distill_loss
@@ -318,6 +321,7 @@ def train(args, ds, device, log=print, net=None, world: World | None = None):
                     opt.zero_grad(set_to_none=True)
                 if arch_opt is not None:
                     arch_opt.zero_grad(set_to_none=True)
+                    set_step_tau(args, model, step, total)
                 terms = body(x, y, lam)
                 sums += terms
                 guard.update(step, terms, params)
@@ -349,6 +353,7 @@ def train(args, ds, device, log=print, net=None, world: World | None = None):
         n = int(all_reduce_sum(torch.tensor([n], device=device), world))
         s, n = sums.tolist(), max(n, 1)
         t_train = t_before + time.perf_counter() - t0
+        monitor = eval_projected(args, model) if search else None  # the small accuracy: the net to export
         acc_f, acc_s = evaluate(model, method, ds, device, test_loader, amp, world)
         dt = t_before + time.perf_counter() - t0
         elapsed += dt
@@ -360,7 +365,7 @@ def train(args, ds, device, log=print, net=None, world: World | None = None):
                "test_acc_full": acc_f, "test_acc_small": acc_s, "lr": lr,
                "time": dt, "train_time": t_train, "elapsed": elapsed, "step": step}
         if search:
-            rec.update(epoch_record(model))
+            rec.update(epoch_record(model, monitor))
         history.append(rec)
         if world.is_main:
             with open(metrics_path, "a") as f:

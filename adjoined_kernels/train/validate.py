@@ -108,8 +108,11 @@ def check_search(args) -> str | None:
         return f"--flops-weight must be a finite number >= 0, got {args.flops_weight}"
     if args.flops_target is not None and not 0 < args.flops_target <= 1:
         return f"--flops-target must be a fraction of the full network's FLOPs in (0, 1], got {args.flops_target}"
-    if not 0 < args.tau0 < math.inf or not 0 <= args.tau_decay < math.inf or not 0 < args.arch_lr < math.inf:
-        return "--tau0 and --arch-lr must be finite and > 0, --tau-decay finite and >= 0"
+    if not 0 <= args.flops_tolerance < 1:
+        return f"--flops-tolerance must be a fraction in [0, 1), got {args.flops_tolerance}"
+    if not (0 < args.tau0 < math.inf and 0 < args.tau_end < math.inf and 0 <= args.tau_decay < math.inf
+            and 0 < args.arch_lr < math.inf):
+        return "--tau0, --tau-end and --arch-lr must be finite and > 0, --tau-decay finite and >= 0"
     if args.cuda_graphs or args.check:
         return "--cuda-graphs and --check are not supported by adjoined-search"
     return None
