@@ -17,8 +17,8 @@ import torch
 RESUME_KEYS = ("method", "dataset", "arch", "width", "alpha", "stem", "epochs", "batch_size", "lr", "optimizer",
                "weight_decay", "schedule", "milestones", "lam_schedule", "lam_scale", "temperature", "seed",
                "subset", "image_size", "arch_json", "adjoin_start", "search_alphas", "flops_weight", "flops_target",
-               "tau0", "tau_decay", "arch_lr", "tau_end", "tau_schedule", "flops_tolerance", "teacher", "kd_alpha", "kddp_student", "kddp_fc1", "kddp_l1",
-               "pwh_iters", "hints_weight", "pwh_samples", "sync_bn")
+               "tau0", "tau_decay", "arch_lr", "tau_end", "tau_schedule", "flops_tolerance", "teacher", "kd_alpha",
+               "kddp_student", "kddp_fc1", "kddp_l1", "pwh_iters", "hints_weight", "pwh_samples", "sync_bn")
 
 
 class ResumeError(Exception):
