@@ -219,10 +219,17 @@ def candidate_starts(model: nn.Module) -> list[str]:
 
 
 def resolve_start(model: nn.Module, start: str | None) -> str:
-    """``start``, or "layer2" when the model has it; ValueError listing the candidates otherwise."""
+    """``start``, or "layer2" when the model has it, or for a timm model the stage after its 1/4-resolution
+    feature (:func:`.timm_models.timm_start`); ValueError listing the candidates otherwise."""
     names = dict(model.named_modules())
     if start is None and "layer2" in names:
         return "layer2"
+    if start is None and getattr(model, "feature_info", None):
+        from .timm_models import timm_start
+        try:
+            return timm_start(model)
+        except ValueError:
+            pass
     cands = ", ".join(candidate_starts(model))
     if start is None:
         raise ValueError(f"ak.adjoin needs start=<module path> for {type(model).__name__} (it has no 'layer2'); "
