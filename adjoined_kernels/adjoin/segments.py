@@ -102,7 +102,8 @@ def split_bounds(gm: fx.GraphModule, branch: set, alpha: int) -> dict[fx.Node, l
             if len(ops) >= 2:
                 width = _shape(node)[1]
                 union = frozenset(c for a in ops for c in fwd.get(a, ()) if 0 < c < width)
-                todo += [(a, union) for a in ops if (a, union) not in seen and union - fwd.get(a, set())]
+                todo += [(a, union) for a in ops
+                         if a in branch and (a, union) not in seen and union - fwd.get(a, set())]
         if not todo:
             break
     return {n: sorted(c) for n, c in out.items()}
