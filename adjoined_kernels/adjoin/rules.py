@@ -281,6 +281,9 @@ def _reshape(ctx: Context, node: fx.Node) -> None:
         small = ctx.graph.call_function(reshape_tail, (ctx.small[x], tuple(sout[2:])))
         ctx.full[node], ctx.small[node], ctx.lay[node] = ctx.emit(node, ctx.fu, node.name), small, lay
         return None
+    if len(sout) > len(sin) and sout[0] == sin[0] and sout[1] == 1 and sout[2] == sin[1]:
+        ctx.fail(node, f"a view {sin} -> {sout} moves the channel dim to dim 2, where an op across channels (a "
+                       f"1-D conv over them, as in ECA) would mix the channels the small branch drops")
     if len(sout) > len(sin) and sout[0] == sin[0] and sout[1] * sout[2] == sin[1]:
         ctx.fail(node, f"a view {sin} -> {sout} splits the channel dim into groups, as a channel shuffle does; "
                        f"interleaving channel groups keeps no channel prefix")
