@@ -323,9 +323,12 @@ def test_triton_training_step_matches_reference(device):
         results.append((lf.detach(), ls.detach(), loss.detach(), grads, params))
     (lf0, ls0, l0, g0, p0), (lf1, ls1, l1, g1, p1) = results
     assert rel(lf1, lf0) < 1e-5 and rel(ls1, ls0) < 1e-5 and abs(float(l1 - l0)) < 1e-5 * float(l0)
-    for n in g0:  # per tensor, relative to its largest gradient (a conv bias before a BN has ~0 gradient)
-        scale = max(float(g0[n].abs().max()), 1e-3 * max(float(g.abs().max()) for g in g0.values()))
-        assert float((g1[n] - g0[n]).abs().max()) < 1e-4 * scale, n
+    # per tensor, relative to its largest gradient; a conv bias before a BN has a true gradient of exactly 0,
+    # and its computed value is the rounding of a sum over N*H*W = 128 positions: fp32 eps * 128 * max grad
+    gmax = max(float(g.abs().max()) for g in g0.values())
+    for n in g0:
+        tol = max(1e-4 * float(g0[n].abs().max()), 128 * torch.finfo(torch.float32).eps * gmax)
+        assert float((g1[n] - g0[n]).abs().max()) < tol, n
         assert rel(p1[n], p0[n]) < 1e-5, n
 
 
