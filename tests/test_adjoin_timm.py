@@ -163,3 +163,11 @@ def test_build_timm_fashion_mnist_and_pretrained(tmp_path):
     assert torch.equal(m2.net.get_submodule("blocks.3.0.conv_pw").weight, ref.blocks[3][0].conv_pw.weight)
     with pytest.raises(FileNotFoundError, match="Nothing is downloaded"):
         build_timm("mobilenetv3_small_050", 10, 3, 4, None, str(tmp_path / "none.pth"), False, "auto")
+
+
+def test_cli_accepts_timm_arch():
+    from adjoined_kernels.train.cli import build_parser
+    args = build_parser().parse_args(["--arch", "timm:mobilenetv3_large_100", "--stem", "cifar"])
+    assert args.arch == "timm:mobilenetv3_large_100"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--arch", "timm:"])
