@@ -2,8 +2,9 @@
 
 Ops whose inputs all hold every channel in the small branch run unchanged on both branches. Otherwise an
 op needs a rule here; an op without one, or one that mixes channels (a channel shuffle, a reshape that
-merges channels with space, a reduction or normalisation over channels), raises ValueError naming the fx
-node and module path. docs/adjoin.md lists the rules.
+merges channels with space, a reduction over channels, a functional normalisation over them), raises
+ValueError naming the fx node, its module path and type. Norm modules kept whole (:mod:`.leaves`) get one
+copy per branch instead. docs/adjoin.md lists the rules.
 """
 from __future__ import annotations
 
