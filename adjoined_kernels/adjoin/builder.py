@@ -9,8 +9,10 @@ import torch.fx as fx
 import torch.nn as nn
 
 from .layout import Layout, gather
-from .modules import AdjoinedLinear, adjoined_batchnorm, adjoined_conv
-from .tracing import node_path
+from .leaves import norm_channels
+from .modules import AdjoinedLinear, adjoined_conv, adjoined_norm
+from .segments import split_bounds
+from .tracing import node_path, node_type
 
 VARIES = "varies"  # a non-tensor value (a size) that differs between the branches
 
@@ -54,6 +56,7 @@ class Context:
         self.replaced: dict[str, nn.Module] = {}
         self._keys: dict[str, tuple] = {}
         self.widths: dict[str, tuple[int, int]] = {}
+        self.bounds = split_bounds(gm, branch, alpha)
 
     # ---- what a node holds ----------------------------------------------------------------------------
     def meta(self, a):
@@ -92,8 +95,11 @@ class Context:
     # ---- errors ---------------------------------------------------------------------------------------
     def fail(self, node: fx.Node, why: str):
         target = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", node.target)
+        path = node_path(node)
+        kind = node_type(node)
+        kind = f" ({kind})" if kind else ""
         raise ValueError(f"ak.adjoin cannot adjoin fx node '{node.name}' ({node.op} {target}) in module "
-                         f"'{node_path(node) or '<top level>'}': {why}. The channel-prefix rule of the small "
+                         f"'{path or '<top level>'}'{kind}: {why}. The channel-prefix rule of the small "
                          f"network would be wrong here; see docs/adjoin.md for what is supported.")
 
     # ---- emission -------------------------------------------------------------------------------------
@@ -180,49 +186,91 @@ class Context:
 
 
 def convert_conv(ctx: Context, node: fx.Node, conv: nn.Conv2d):
-    """Conv2d -> FusedAdjoinedConv2d (groups == 1, prefix input) or SplitAdjoinedConv2d; output prefix."""
+    """Conv2d -> FusedAdjoinedConv2d (groups == 1, prefix input, prefix output) or SplitAdjoinedConv2d.
+
+    The small output is a prefix, or a prefix of each segment where the output is later split
+    (:mod:`.segments`); a grouped conv keeps whole groups (:func:`_grouped`)."""
     x = node.args[0]
     lay, path = ctx.layout(x), str(node.target)
     if not isinstance(lay, Layout) or lay.full != conv.in_channels:
         ctx.fail(node, f"the conv's input has no channel layout matching in_channels={conv.in_channels}")
-    if conv.groups == 1:
-        out_s = ctx.out_width(node, conv.out_channels)
-        module = adjoined_conv(conv, lay, out_s, 1, ctx.backend)
-        ctx.pair_call(node, module, ctx.full[x], ctx.small[x], Layout.prefix(conv.out_channels, out_s))
+    if conv.groups > 1:
+        return _grouped(ctx, node, conv, lay)
+    out_s = ctx.out_width(node, conv.out_channels)
+    out_lay = _segment_layout(ctx.bounds.get(node), conv.out_channels, out_s) if node not in ctx.logits else None
+    out_lay = out_lay or Layout.prefix(conv.out_channels, out_s)
+    module = adjoined_conv(conv, lay, out_s, 1, ctx.backend, out_lay)
+    ctx.pair_call(node, module, ctx.full[x], ctx.small[x], out_lay)
+    ctx.widths[path] = (conv.out_channels, out_lay.small)
+
+
+def _segment_layout(bounds, full: int, width: int) -> Layout | None:
+    """A prefix of each segment ``[b_k, b_k+1)``, ``width / full`` of its length (at least one channel)."""
+    if not bounds:
+        return None
+    edges = [0] + list(bounds) + [full]
+    return Layout.make(full, [(lo, max(1, (hi - lo) * width // full)) for lo, hi in zip(edges, edges[1:])])
+
+
+def _grouped(ctx: Context, node: fx.Node, conv: nn.Conv2d, lay: Layout):
+    """A grouped or depthwise conv keeps whole groups. From a prefix: its first ``groups / alpha`` groups (or
+    the nearest count the prefix holds in full). From another layout (a concatenation, per-segment
+    prefixes): exactly the groups the small input holds in full; the output holds those groups' channels."""
+    x, path = node.args[0], str(node.target)
+    per_in, per_out = conv.in_channels // conv.groups, conv.out_channels // conv.groups
+    if lay.is_prefix:
+        g_s = _small_groups(ctx, node, conv, lay.small)
+        held = list(range(g_s))
+        xs = ctx.take(ctx.small[x], 1, [(0, g_s * per_in)], lay.small)
     else:
-        g_s = _small_groups(ctx, node, conv)
-        need = g_s * (conv.in_channels // conv.groups)
-        start, stop, sub = lay.select(0, need)
-        if (start, stop) != (0, need) or not sub.complete:
-            ctx.fail(node, f"a grouped conv (groups={conv.groups}) keeps its first {g_s} groups, which read "
-                           f"channels [0, {need}); the small branch holds {lay}")
-        xs = ctx.take(ctx.small[x], 1, [(0, need)], lay.small)
-        out_s = g_s * (conv.out_channels // conv.groups)
-        module = adjoined_conv(conv, Layout.prefix(conv.in_channels, need), out_s, g_s, ctx.backend)
-        ctx.pair_call(node, module, ctx.full[x], xs, Layout.prefix(conv.out_channels, out_s))
-    ctx.widths[path] = (conv.out_channels, out_s)
+        chans = set(lay.indices())
+        held = [g for g in range(conv.groups) if chans.issuperset(range(g * per_in, (g + 1) * per_in))]
+        if sum(per_in for _ in held) != len(chans):
+            ctx.fail(node, f"a grouped conv (groups={conv.groups}) whose small input holds part of a group: "
+                           f"{lay}")
+        xs = ctx.small[x]
+    in_lay = Layout.make(conv.in_channels, [(g * per_in, per_in) for g in held])
+    out_lay = Layout.make(conv.out_channels, [(g * per_out, per_out) for g in held])
+    module = adjoined_conv(conv, in_lay, out_lay.small, len(held), ctx.backend, out_lay)
+    ctx.pair_call(node, module, ctx.full[x], xs, out_lay)
+    ctx.widths[path] = (conv.out_channels, out_lay.small)
 
 
-def _small_groups(ctx: Context, node: fx.Node, conv: nn.Conv2d) -> int:
-    per_group = conv.out_channels // conv.groups
-    if node in ctx.logits or str(node.target) in ctx.small_widths:
+def _small_groups(ctx: Context, node: fx.Node, conv: nn.Conv2d, held: int) -> int:
+    """Groups the small conv keeps from a prefix input of ``held`` channels: ``small_widths`` (a multiple of
+    ``out_channels / groups``), else ``groups / alpha`` rounded to the nearest whole group count, at most
+    the groups the input holds in full."""
+    per_group, path = conv.out_channels // conv.groups, str(node.target)
+    per_in = conv.in_channels // conv.groups
+    available = held // per_in
+    if node in ctx.logits or path in ctx.small_widths:
         w = ctx.out_width(node, conv.out_channels)
         if w % per_group:
-            raise ValueError(f"small_widths[{str(node.target)!r}]={w} must be a multiple of out_channels/groups={per_group} "
+            raise ValueError(f"small_widths[{path!r}]={w} must be a multiple of out_channels/groups={per_group} "
                              f"(the small conv keeps whole groups)")
-        return w // per_group
-    if conv.groups % ctx.alpha:
-        ctx.fail(node, f"groups={conv.groups} is not divisible by alpha={ctx.alpha}; the small conv keeps "
-                       f"groups/alpha groups")
-    return conv.groups // ctx.alpha
+        g_s = w // per_group
+    else:
+        g_s = min(max(1, int(conv.groups / ctx.alpha + 0.5)), available)
+    if not 1 <= g_s <= available:
+        need = max(1, g_s) * per_in
+        ctx.fail(node, f"a grouped conv (groups={conv.groups}) keeps whole groups of {per_in} input channels and "
+                       f"needs {need}, but the small branch holds {held} of its {conv.in_channels} input "
+                       f"channels; give the conv that produces its input at least {need} small channels with "
+                       f"small_widths={{path: width}}, or use an alpha that divides groups={conv.groups}")
+    return g_s
 
 
-def convert_batchnorm(ctx: Context, node: fx.Node, bn: nn.Module):
+def convert_norm(ctx: Context, node: fx.Node, norm: nn.Module):
+    """A norm leaf (BatchNorm, BatchNormAct2d, LayerNorm2d, GroupNorm, ...) -> one copy per branch."""
     x = node.args[0]
-    lay = ctx.layout(x)
-    if not isinstance(lay, Layout) or lay.full != bn.num_features:
-        ctx.fail(node, f"the batch-norm's input has no channel layout over num_features={bn.num_features}")
-    ctx.pair_call(node, adjoined_batchnorm(bn, lay), ctx.full[x], ctx.small[x], lay)
+    lay, channels = ctx.layout(x), norm_channels(norm)
+    if not isinstance(lay, Layout) or lay.full != channels:
+        ctx.fail(node, f"the norm's input has no channel layout over its {channels} channels")
+    groups = getattr(norm, "num_groups", 1)
+    if lay.small % groups:
+        ctx.fail(node, f"a GroupNorm with {groups} groups; the small branch holds {lay.small} channels, which "
+                       f"do not split into {groups} groups")
+    ctx.pair_call(node, adjoined_norm(norm, lay), ctx.full[x], ctx.small[x], lay)
 
 
 def convert_linear(ctx: Context, node: fx.Node, linear: nn.Linear):

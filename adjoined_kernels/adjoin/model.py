@@ -55,8 +55,12 @@ def adjoin(model: nn.Module, alpha: int = 4, start: str | None = None, small_wid
       ``groups/alpha`` groups, and convs that read a channel concatenation use the gathered weight columns;
       both run as two ``F.conv2d`` calls (unfused), since the fused kernels take ``groups=1`` and a channel
       prefix only.
-    - ``nn.BatchNorm2d`` becomes :class:`~adjoined_kernels.AdjoinedBatchNorm2d` (``full`` is the original;
-      ``small`` copies the statistics and affine parameters of the channels the small branch holds).
+    - ``nn.BatchNorm2d`` and the other norms kept whole (timm's ``BatchNormAct2d``, ``LayerNorm2d``,
+      ``GroupNorm``) become :class:`~adjoined_kernels.AdjoinedBatchNorm2d` pairs (``full`` is the original;
+      ``small`` a copy holding the statistics and affine parameters of the channels the small branch holds).
+    - Dropout, DropPath, StochasticDepth and ``F.dropout(..., training=self.training)`` read the training
+      flag at run time, so they follow ``.train()`` / ``.eval()`` of the adjoined model.
+    - A channel split whose pieces would hold nothing makes the convs before it keep a prefix of each piece.
     - ``nn.Linear`` on ``[N, features]`` is shared; the small branch reads the features it holds. The logits
       layer (the Linear or 1x1 conv that produces the output) keeps its full output width.
     - Pointwise ops, pooling, dropout, residual adds, SE-style gates ``x * gate``, ``flatten`` and channel
@@ -67,7 +71,8 @@ def adjoin(model: nn.Module, alpha: int = 4, start: str | None = None, small_wid
         alpha: width divisor; every adjoined conv/linear gets ``max(1, out // alpha)`` small outputs.
             ``alpha=1`` gives both outputs equal to ``model(x)``.
         start: module path where the branches split (e.g. ``"layer2"``, ``"features.4"``); the module and
-            everything after it are adjoined. Defaults to ``"layer2"`` when the model has one.
+            everything after it are adjoined. Defaults to ``"layer2"`` when the model has one, else for a timm
+            model to :func:`~adjoined_kernels.adjoin.timm_start`.
         small_widths: ``{conv or linear module path: small output width}`` overriding ``out // alpha`` for
             those layers (grouped convs: a multiple of ``out_channels / groups``).
         backend: backend of the fused adjoined convs ("auto", "reference", "triton", "cuda").
@@ -79,8 +84,9 @@ def adjoin(model: nn.Module, alpha: int = 4, start: str | None = None, small_wid
         parameters are copies of the model's; the two branches share them.
 
     Raises:
-        ValueError: no ``start`` and no ``layer2`` (the message lists candidate paths); an unknown module
-            path; a model torch.fx cannot trace; ``groups`` not divisible by ``alpha``; a bad
+        ValueError: no ``start``, no ``layer2`` and no timm ``feature_info`` (the message lists candidate
+            paths); an unknown module path; a model torch.fx cannot trace (naming the module); a grouped conv
+            whose small input holds less than a whole group (naming the ``small_widths=`` remedy); a bad
             ``small_widths`` entry; or any op that would break the channel-prefix rule (a channel shuffle, a
             view/reshape mixing channels with space, a channel split the layout cannot follow, an
             ``nn.Linear`` acting inside a 4-D activation, LayerNorm over channels, an op without a rule):

@@ -2,8 +2,9 @@
 
 Ops whose inputs all hold every channel in the small branch run unchanged on both branches. Otherwise an
 op needs a rule here; an op without one, or one that mixes channels (a channel shuffle, a reshape that
-merges channels with space, a reduction or normalisation over channels), raises ValueError naming the fx
-node and module path. docs/adjoin.md lists the rules.
+merges channels with space, a reduction over channels, a functional normalisation over them), raises
+ValueError naming the fx node, its module path and type. Norm modules kept whole (:mod:`.leaves`) get one
+copy per branch instead. docs/adjoin.md lists the rules.
 """
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .builder import VARIES, Context, convert_batchnorm, convert_conv, convert_linear
+from . import leaves
+from .builder import VARIES, Context, convert_conv, convert_linear, convert_norm
 from .layout import Layout, concat, reshape_tail, take_channels
 
 POINTWISE_MODULES = (
@@ -43,12 +45,13 @@ ELEMENTWISE_METHODS = {"add", "sub", "mul", "div", "add_", "sub_", "mul_", "div_
 
 
 @functools.cache
-def _extra_pointwise() -> tuple:
+def _extra_functions() -> dict:
+    """Rules for functions of optional packages: torchvision's functional stochastic depth (pointwise)."""
     try:
-        from torchvision.ops import StochasticDepth, stochastic_depth
+        from torchvision.ops import stochastic_depth
     except ImportError:
-        return (), set()
-    return (StochasticDepth,), {stochastic_depth}
+        return {}
+    return {stochastic_depth: _pointwise}
 
 
 def _arg(node: fx.Node, i: int, name: str, default=None):
@@ -66,9 +69,8 @@ def convert(ctx: Context, node: fx.Node) -> None:
     if _shortcut(ctx, node):
         return None
     key = node.target
-    rule = (_FUNCTION_RULES.get(key) if node.op == "call_function" else _METHOD_RULES.get(key))
-    if rule is None and node.op == "call_function" and key in _extra_pointwise()[1]:
-        rule = _pointwise
+    rule = (_FUNCTION_RULES.get(key) or _extra_functions().get(key) if node.op == "call_function"
+            else _METHOD_RULES.get(key))
     if rule is None:
         name = key if isinstance(key, str) else getattr(key, "__name__", str(key))
         ctx.fail(node, f"'{name}' has no adjoining rule and its input does not hold every channel in the small "
@@ -77,15 +79,15 @@ def convert(ctx: Context, node: fx.Node) -> None:
 
 
 def _module(ctx: Context, node: fx.Node, mod: nn.Module) -> None:
-    if _plain_forward(mod, nn.Conv2d):
+    if _plain_forward(mod, nn.Conv2d) or isinstance(mod, leaves.same_pad_convs()):
         return convert_conv(ctx, node, mod)
-    if _plain_forward(mod, nn.modules.batchnorm._BatchNorm):
-        return convert_batchnorm(ctx, node, mod)
+    if isinstance(mod, leaves.norm_leaves()):
+        return convert_norm(ctx, node, mod)
     if _plain_forward(mod, nn.Linear):
         return convert_linear(ctx, node, mod)
     if _shortcut(ctx, node):
         return None
-    if isinstance(mod, POINTWISE_MODULES + _extra_pointwise()[0]):
+    if isinstance(mod, POINTWISE_MODULES + leaves.pointwise_leaves()):
         return _pointwise(ctx, node)
     if isinstance(mod, nn.PReLU) and mod.num_parameters == 1:
         return _pointwise(ctx, node)
@@ -102,6 +104,9 @@ def _module(ctx: Context, node: fx.Node, mod: nn.Module) -> None:
         ctx.fail(node, "a channel shuffle interleaves channel groups, so no channel prefix survives it")
     if isinstance(mod, (nn.PixelShuffle, nn.PixelUnshuffle)):
         ctx.fail(node, f"{type(mod).__name__} mixes channels with space")
+    if leaves.is_leaf(mod):
+        ctx.fail(node, f"module type {type(mod).__name__} is kept whole (timm marks it not traceable) and has "
+                       f"no adjoining rule")
     ctx.fail(node, f"module type {type(mod).__name__} has no adjoining rule")
 
 
@@ -111,6 +116,13 @@ def _shortcut(ctx: Context, node: fx.Node) -> bool:
         ctx.emit_both(node, ctx._complete(ctx.meta(node)))
         return True
     return False
+
+
+def _assertion(ctx: Context, node: fx.Node) -> None:
+    """``torch._assert`` (timm's ``_assert(x.ndim == 4)``): a check of the original model's input, kept on
+    the full branch only; it computes nothing either branch reads."""
+    ctx.full[node] = ctx.small[node] = ctx.emit(node, ctx.fu, node.name)
+    ctx.lay[node] = None
 
 
 def _non_tensor(ctx: Context, node: fx.Node) -> None:
@@ -270,6 +282,9 @@ def _reshape(ctx: Context, node: fx.Node) -> None:
         small = ctx.graph.call_function(reshape_tail, (ctx.small[x], tuple(sout[2:])))
         ctx.full[node], ctx.small[node], ctx.lay[node] = ctx.emit(node, ctx.fu, node.name), small, lay
         return None
+    if len(sout) > len(sin) and sout[0] == sin[0] and sout[1] == 1 and sout[2] == sin[1]:
+        ctx.fail(node, f"a view {sin} -> {sout} moves the channel dim to dim 2, where an op across channels (a "
+                       f"1-D conv over them, as in ECA) would mix the channels the small branch drops")
     if len(sout) > len(sin) and sout[0] == sin[0] and sout[1] * sout[2] == sin[1]:
         ctx.fail(node, f"a view {sin} -> {sout} splits the channel dim into groups, as a channel shuffle does; "
                        f"interleaving channel groups keeps no channel prefix")
@@ -328,7 +343,9 @@ _FUNCTION_RULES = {
     torch.transpose: _permute, torch.swapaxes: _permute, torch.permute: _permute,
     torch.mean: _reduce, torch.sum: _reduce, torch.amax: _reduce, torch.amin: _reduce,
     F.softmax: _softmax, F.log_softmax: _softmax, torch.softmax: _softmax, torch.log_softmax: _softmax,
-    getattr: _non_tensor, F.pad: _pad,
+    getattr: _non_tensor, F.pad: _pad, torch._assert: _assertion, leaves.pool_at_least: _pointwise,
+    **{f: _non_tensor for f in (operator.eq, operator.ne, operator.lt, operator.le, operator.gt, operator.ge,
+                                operator.not_, operator.and_, operator.or_, operator.truth)},
 }
 _METHOD_RULES = {
     **{m: _pointwise for m in POINTWISE_METHODS}, **{m: _elementwise for m in ELEMENTWISE_METHODS},

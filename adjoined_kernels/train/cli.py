@@ -83,13 +83,15 @@ def build_parser(search: bool = False) -> argparse.ArgumentParser:
         g.add_argument("--arch", choices=ARCHS, default=d["arch"])
     else:
         g.add_argument("--arch", type=arch_name, default=d["arch"], metavar="ARCH",
-                       help=f"one of {', '.join(ARCHS)}, or tv:NAME for any CNN of torchvision.models adjoined "
-                            "by ak.adjoin (e.g. tv:mobilenet_v2, tv:densenet121; docs/adjoin.md)")
+                       help=f"one of {', '.join(ARCHS)}, or tv:NAME / timm:NAME for a CNN of torchvision.models "
+                            "or timm adjoined by ak.adjoin (e.g. tv:mobilenet_v2, timm:mobilenetv3_large_100; "
+                            "docs/adjoin.md)")
         g.add_argument("--adjoin-start", default=None, metavar="PATH",
-                       help="tv: models: the module path where the two branches split (default: the documented "
+                       help="tv:/timm: models: the module path where the two branches split (default: the documented "
                             "value per model, docs/adjoin.md)")
         g.add_argument("--pretrained", default=None, metavar="PATH",
-                       help="tv: models: a local torchvision state dict loaded before adjoining (never downloaded)")
+                       help="tv:/timm: models: a local state dict (timm: a checkpoint file) loaded before adjoining "
+                            "(never downloaded)")
     g.add_argument("--width", type=int, default=d["width"],
                    help="base width (64 in torchvision); adjoined ResNets only")
     if search:
@@ -169,10 +171,12 @@ def build_parser(search: bool = False) -> argparse.ArgumentParser:
 
 
 def arch_name(value: str) -> str:
-    """argparse type of --arch: a built-in adjoined ResNet or ``tv:NAME``."""
-    if value in ARCHS or (value.startswith("tv:") and len(value) > 3):
+    """argparse type of --arch: a built-in adjoined ResNet, ``tv:NAME`` or ``timm:NAME``."""
+    prefix = value.partition(":")[0] + ":"
+    if value in ARCHS or (prefix in ("tv:", "timm:") and len(value) > len(prefix)):
         return value
-    raise argparse.ArgumentTypeError(f"invalid choice {value!r}: use one of {', '.join(ARCHS)} or tv:NAME")
+    raise argparse.ArgumentTypeError(f"invalid choice {value!r}: use one of {', '.join(ARCHS)}, tv:NAME or "
+                                     f"timm:NAME")
 
 
 def _baseline_options(p) -> None:
@@ -311,7 +315,7 @@ def _run(args, world=None, device=None) -> int:
             check_budget(args, ds, probe)  # a budget no architecture meets fails now, not after the search
     except (ValueError, TypeError) as e:
         what = f"alpha {args.alpha}" if args.method != "search" else f"search alphas {args.search_alphas}"
-        name = args.arch if args.arch.startswith("tv:") else f"adjoined_{args.arch} (width {args.width})"
+        name = args.arch if args.arch.startswith(("tv:", "timm:")) else f"adjoined_{args.arch} (width {args.width})"
         return fail(f"cannot build {name} with {what}: {e}", prog(args))
     if args.method in ("kd", "kddp", "pwh"):
         from ..baselines import TeacherError, load_teacher

@@ -59,11 +59,17 @@ def pick_device(name: str) -> torch.device:
 def build_adjoined(args, ds: Dataset, device=None):
     """The adjoined ResNet for ``args`` and ``ds``, on ``device``: the DAN search network for
     ``adjoined-search``, the searched widths of ``--arch-json``, or uniform ``--alpha``; for ``tv:NAME`` the
-    torchvision model adjoined by :func:`adjoined_kernels.adjoin` (``--stem cifar`` adapts it to small images)."""
+    torchvision model (``timm:NAME``: the timm model) adjoined by :func:`adjoined_kernels.adjoin` (``--stem cifar``
+    adapts it to small images)."""
     if args.arch.startswith("tv:"):
         from ..adjoin import build_torchvision
         model = build_torchvision(args.arch[3:], ds.num_classes, ds.in_channels, args.alpha, args.adjoin_start,
                                   args.pretrained, args.stem == "cifar", args.backend)
+        return model.to(device) if device is not None else model
+    if args.arch.startswith("timm:"):
+        from ..adjoin import build_timm
+        model = build_timm(args.arch[5:], ds.num_classes, ds.in_channels, args.alpha, args.adjoin_start,
+                           args.pretrained, args.stem == "cifar", args.backend)
         return model.to(device) if device is not None else model
     ctor = getattr(ak_models, f"adjoined_{args.arch}")
     kw = {}

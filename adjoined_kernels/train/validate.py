@@ -55,11 +55,11 @@ def check_args(args, world_size: int = 1) -> str | None:
     msg = check_numbers(args)
     if msg:
         return msg
-    tv = args.arch.startswith("tv:")
+    tv = args.arch.startswith(("tv:", "timm:"))
     if tv and getattr(args, "arch_json", None):
-        return "--arch-json holds searched widths of an adjoined ResNet; it does not apply to tv: models"
+        return "--arch-json holds searched widths of an adjoined ResNet; it does not apply to tv:/timm: models"
     if not tv and (getattr(args, "adjoin_start", None) or getattr(args, "pretrained", None)):
-        return "--adjoin-start and --pretrained apply to tv: models only"
+        return "--adjoin-start and --pretrained apply to tv:/timm: models only"
     if not tv and not getattr(args, "arch_json", None) and args.width % args.alpha:
         return (f"--alpha {args.alpha} must divide --width {args.width}: the small network has width/alpha "
                 "channels in every stage")
