@@ -12,6 +12,7 @@ import torch
 
 from .. import models as ak_models
 from ..export import export_full
+from ..train.validate import ADJOIN_PREFIXES
 
 # Arguments that define the teacher's network and must equal the student run's.
 MATCH_KEYS = ("arch", "width", "stem")
@@ -50,7 +51,7 @@ def check_teacher_args(ck: dict, args, ds, path: str) -> None:
         if targs.get(k) != getattr(args, k):
             raise TeacherError(f"--teacher {path}: the teacher has --{k} {targs.get(k)!r} but this run has "
                                f"--{k} {getattr(args, k)!r}")
-    if str(targs.get("arch", "")).startswith("tv:"):
+    if str(targs.get("arch", "")).startswith(ADJOIN_PREFIXES):
         raise TeacherError(f"--teacher {path}: kd, kddp and pwh distil the built-in ResNets only, not {targs['arch']}")
     state = ck["model"]
     got = {"input channels": state["stem.0.weight"].shape[1], "classes": state["fc.weight"].shape[0]}

@@ -23,6 +23,8 @@ import os
 import sys
 import time
 
+from .validate import ADJOIN_PREFIXES
+
 ARCHS = ["resnet18", "resnet34", "resnet50", "resnet100", "resnet101"]
 
 # The demo defaults, in one place.
@@ -173,7 +175,7 @@ def build_parser(search: bool = False) -> argparse.ArgumentParser:
 def arch_name(value: str) -> str:
     """argparse type of --arch: a built-in adjoined ResNet, ``tv:NAME`` or ``timm:NAME``."""
     prefix = value.partition(":")[0] + ":"
-    if value in ARCHS or (prefix in ("tv:", "timm:") and len(value) > len(prefix)):
+    if value in ARCHS or (prefix in ADJOIN_PREFIXES and len(value) > len(prefix)):
         return value
     raise argparse.ArgumentTypeError(f"invalid choice {value!r}: use one of {', '.join(ARCHS)}, tv:NAME or "
                                      f"timm:NAME")
@@ -315,7 +317,7 @@ def _run(args, world=None, device=None) -> int:
             check_budget(args, ds, probe)  # a budget no architecture meets fails now, not after the search
     except (ValueError, TypeError) as e:
         what = f"alpha {args.alpha}" if args.method != "search" else f"search alphas {args.search_alphas}"
-        name = args.arch if args.arch.startswith(("tv:", "timm:")) else f"adjoined_{args.arch} (width {args.width})"
+        name = args.arch if args.arch.startswith(ADJOIN_PREFIXES) else f"adjoined_{args.arch} (width {args.width})"
         return fail(f"cannot build {name} with {what}: {e}", prog(args))
     if args.method in ("kd", "kddp", "pwh"):
         from ..baselines import TeacherError, load_teacher

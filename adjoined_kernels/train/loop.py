@@ -45,6 +45,7 @@ from .guard import Guard, detect_anomaly
 from .loader import EpochBatches, ShardBatches, make_loader
 from .search import epoch_record, eval_projected, make_arch_optimizer, set_step_tau
 from .search import start_epoch as start_search_epoch
+from .validate import ADJOIN_PREFIXES
 
 SEARCH = "search"  # the method of adjoined-search (DAN)
 SMALL_ONLY = ("small", "kd", "kddp", "pwh")  # methods that train one (small) network: docs/baselines.md
@@ -61,15 +62,12 @@ def build_adjoined(args, ds: Dataset, device=None):
     ``adjoined-search``, the searched widths of ``--arch-json``, or uniform ``--alpha``; for ``tv:NAME`` the
     torchvision model (``timm:NAME``: the timm model) adjoined by :func:`adjoined_kernels.adjoin` (``--stem cifar``
     adapts it to small images)."""
-    if args.arch.startswith("tv:"):
-        from ..adjoin import build_torchvision
-        model = build_torchvision(args.arch[3:], ds.num_classes, ds.in_channels, args.alpha, args.adjoin_start,
-                                  args.pretrained, args.stem == "cifar", args.backend)
-        return model.to(device) if device is not None else model
-    if args.arch.startswith("timm:"):
-        from ..adjoin import build_timm
-        model = build_timm(args.arch[5:], ds.num_classes, ds.in_channels, args.alpha, args.adjoin_start,
-                           args.pretrained, args.stem == "cifar", args.backend)
+    if args.arch.startswith(ADJOIN_PREFIXES):
+        from .. import adjoin
+        prefix, name = args.arch.split(":", 1)
+        build = adjoin.build_torchvision if prefix == "tv" else adjoin.build_timm
+        model = build(name, ds.num_classes, ds.in_channels, args.alpha, args.adjoin_start, args.pretrained,
+                      args.stem == "cifar", args.backend)
         return model.to(device) if device is not None else model
     ctor = getattr(ak_models, f"adjoined_{args.arch}")
     kw = {}

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import math
 
+# --arch prefixes of the CNNs that ak.adjoin converts (torchvision's and timm's), as opposed to the built-in
+# adjoined ResNets; the name follows the prefix.
+ADJOIN_PREFIXES = ("tv:", "timm:")
+
 # (option, lowest allowed value, whether the bound itself is allowed); every one must also be finite
 FLOATS = (("lr", 0, False), ("momentum", 0, True), ("weight_decay", 0, True), ("pct_start", 0, False),
           ("div_factor", 0, False), ("final_div_factor", 0, False), ("gamma", 0, False), ("lam_scale", 0, True),
@@ -55,7 +59,7 @@ def check_args(args, world_size: int = 1) -> str | None:
     msg = check_numbers(args)
     if msg:
         return msg
-    tv = args.arch.startswith(("tv:", "timm:"))
+    tv = args.arch.startswith(ADJOIN_PREFIXES)
     if tv and getattr(args, "arch_json", None):
         return "--arch-json holds searched widths of an adjoined ResNet; it does not apply to tv:/timm: models"
     if not tv and (getattr(args, "adjoin_start", None) or getattr(args, "pretrained", None)):
