@@ -77,9 +77,10 @@ def split_bounds(gm: fx.GraphModule, branch: set, alpha: int) -> dict[fx.Node, l
     """``{conv node: sorted inner channel offsets}`` of the branch's ``groups == 1`` convs whose output is cut
     at those offsets (possibly after BN, activations, adds and concatenations).
 
-    Cuts go back from every channel split that needs them (:func:`_needs_cuts`) to the convs that produce its input. Operands of an elementwise
-    op (a residual add) must hold the same channels, so the cuts that reach one operand from upstream (a
-    concatenation's piece boundaries, a cut conv) are sent back into the others too, until nothing changes.
+    Cuts go back from every channel split that needs them (:func:`_needs_cuts`) to the convs that produce its
+    input. Operands of an elementwise op (a residual add) must hold the same channels, so the cuts that reach
+    one operand from upstream (a concatenation's piece boundaries, a cut conv) are sent back into the others
+    too, until nothing changes.
     """
     out: dict[fx.Node, set[int]] = {}
     seen: set = set()
